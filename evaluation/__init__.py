@@ -1,0 +1,1 @@
+"""Retrieval and zero-shot evaluation (filled by the evaluation issue)."""

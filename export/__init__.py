@@ -1,0 +1,1 @@
+"""Towers to verified ONNX / TensorRT model bundles (filled by the export issue)."""

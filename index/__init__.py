@@ -1,0 +1,1 @@
+"""Catalog embeddings to FAISS index versions (filled by the index issue)."""

@@ -1,0 +1,1 @@
+"""The FastAPI retrieval service (filled by the service issue)."""
