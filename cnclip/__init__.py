@@ -1,0 +1,1 @@
+"""The `cnclip` command line (see :mod:`cnclip.cli`)."""

@@ -1,0 +1,5 @@
+import sys
+
+from cnclip.cli import main
+
+sys.exit(main())

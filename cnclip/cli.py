@@ -1,0 +1,178 @@
+"""``cnclip``: the one command-line entry point.
+
+Each subcommand parses its arguments and calls a package function; packages
+are imported inside the handlers so that light commands never load torch.
+Errors a user can cause print one line (``cnclip: error: ...``) and exit 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from runtime.errors import CnClipError
+
+ARCH_NAMES = ("RN50", "ViT-B-16", "ViT-L-14", "ViT-L-14-336", "ViT-H-14")
+
+EMBED_EPILOG = """\
+examples:
+  cnclip embed --model clip_cn_vit-b-16.pt --text 红色的杯子 蓝色的T恤 --out texts.npy
+  cnclip embed --model clip_cn_rn50.pt --arch RN50 --images a.jpg b.png --out images.npy
+  cnclip embed --model ./chinese-clip-vit-base-patch16 --text-file queries.txt --out q.npy
+
+--model takes an official clip_cn_<arch>.pt, a Hugging Face ChineseCLIPModel
+directory, or a checkpoint written by cnclip. The output is a float32 [n, d]
+.npy of L2-normalized rows in input order.
+"""
+
+
+def _read_text_file(path: str) -> list[str]:
+    """One text per line (UTF-8, a BOM allowed); '-' reads standard input."""
+    try:
+        raw = sys.stdin.buffer.read() if path == "-" else Path(path).read_bytes()
+    except FileNotFoundError as exc:
+        raise CnClipError(f"{path}: no such file") from exc
+    except IsADirectoryError as exc:
+        raise CnClipError(f"{path}: is a directory, not a text file") from exc
+    except OSError as exc:
+        raise CnClipError(f"{path}: cannot read ({exc.strerror})") from exc
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = raw[: exc.start].count(b"\n") + 1
+        raise CnClipError(f"{path}: not UTF-8 text (invalid byte on line {line})") from exc
+    lines = text.splitlines()
+    if not lines:
+        raise CnClipError(f"{path}: holds no texts (one text per line)")
+    return lines
+
+
+def _write_npy_atomically(array: Any, out: Path) -> None:
+    """Write to a temporary file beside ``out`` and rename, so a failure leaves no half file."""
+    import numpy as np
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            np.save(handle, array)
+        os.replace(tmp, out)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _cmd_embed(args: argparse.Namespace) -> int:
+    from trainer.embed import DEFAULT_IMAGE_BATCH, DEFAULT_TEXT_BATCH, Embedder
+
+    out = Path(args.out)
+    if out.is_dir():
+        raise CnClipError(f"--out {out}: is a directory; give a file name such as {out}/x.npy")
+    texts: list[str] | None = None
+    if args.text is not None:
+        texts = list(args.text)
+    elif args.text_file is not None:
+        texts = _read_text_file(args.text_file)
+    count = len(texts) if texts is not None else len(args.images)
+    progress = not args.quiet and sys.stderr.isatty()
+
+    embedder = Embedder.from_checkpoint(
+        args.model, args.arch, device=args.device, max_pixels=args.max_pixels
+    )
+    if texts is not None:
+        vectors = embedder.embed_texts(
+            texts, batch_size=args.batch_size or DEFAULT_TEXT_BATCH, progress=progress
+        )
+    else:
+        vectors = embedder.embed_images(
+            args.images, batch_size=args.batch_size or DEFAULT_IMAGE_BATCH, progress=progress
+        )
+    _write_npy_atomically(vectors, out)
+    if not args.quiet:
+        kind = "texts" if texts is not None else "images"
+        print(
+            f"wrote {count} x {vectors.shape[1]} float32 embeddings of {kind} "
+            f"({embedder.model.config.name}) to {out}",
+            file=sys.stderr,
+        )
+    return 0
+
+
+def _positive_int(value: str) -> int:
+    try:
+        number = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {value!r}") from None
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {number}")
+    return number
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="cnclip",
+        description="Chinese CLIP image-text retrieval: embed, train, export, index, serve.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    embed = sub.add_parser(
+        "embed",
+        help="write L2-normalized embeddings of texts or images to a .npy file",
+        description="Embed texts or images with a Chinese CLIP checkpoint.",
+        epilog=EMBED_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    embed.add_argument("--model", required=True, help="checkpoint file or directory")
+    embed.add_argument(
+        "--arch",
+        choices=ARCH_NAMES,
+        help="architecture; inferred from the file when omitted, checked against it when given",
+    )
+    source = embed.add_mutually_exclusive_group(required=True)
+    source.add_argument("--text", nargs="+", metavar="T", help="texts to embed")
+    source.add_argument(
+        "--text-file", metavar="F", help="UTF-8 file, one text per line ('-': stdin)"
+    )
+    source.add_argument("--images", nargs="+", metavar="P", help="image files to embed")
+    embed.add_argument(
+        "--out", required=True, metavar="X.npy", help="where to write [n, d] float32"
+    )
+    embed.add_argument("--device", default="cpu", help="cpu (default), cuda or cuda:N")
+    embed.add_argument(
+        "--batch-size", type=_positive_int, help="default 64 for texts, 16 for images"
+    )
+    embed.add_argument(
+        "--max-pixels",
+        type=_positive_int,
+        default=64_000_000,
+        help="refuse images with more pixels than this (default 64000000)",
+    )
+    embed.add_argument("-q", "--quiet", action="store_true", help="no progress bar or summary")
+    embed.set_defaults(handler=_cmd_embed)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run ``cnclip`` with ``argv`` (default: ``sys.argv[1:]``); returns the exit status."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="cnclip: %(levelname)s: %(message)s")
+    try:
+        status: int = args.handler(args)
+    except CnClipError as exc:
+        print(f"cnclip: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("cnclip: interrupted", file=sys.stderr)
+        return 130
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(main())
