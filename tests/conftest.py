@@ -47,13 +47,9 @@ def tiny_config(family: str) -> ModelConfig:
     from trainer.configs import ModelConfig, TextConfig, VisionConfig
 
     if family == "vit":
-        vision = VisionConfig(
-            kind="vit", image_size=32, width=128, layers=2, patch_size=8
-        )
+        vision = VisionConfig(kind="vit", image_size=32, width=128, layers=2, patch_size=8)
     elif family == "resnet":
-        vision = VisionConfig(
-            kind="resnet", image_size=64, width=16, resnet_layers=(1, 2, 1, 1)
-        )
+        vision = VisionConfig(kind="resnet", image_size=64, width=16, resnet_layers=(1, 2, 1, 1))
     else:
         raise ValueError(family)
     return ModelConfig(

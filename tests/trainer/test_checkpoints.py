@@ -11,6 +11,7 @@ import torch
 
 from runtime.errors import CheckpointError, ConfigError
 from tests.conftest import official_kwargs, tiny_config
+from tests.hf_reference import save_as_hf
 from tests.official import official_clip
 from trainer.checkpoints import (
     hf_to_official,
@@ -38,8 +39,10 @@ def _embed(model: ChineseCLIP) -> tuple[torch.Tensor, torch.Tensor]:
 
 def _save_official(model: ChineseCLIP, path: Path, *, half: bool = False) -> Path:
     """As the official trainer writes them: DDP ``module.`` keys and a BERT pooler."""
-    state = {f"module.{k}": (v.half() if half and v.is_floating_point() else v)
-             for k, v in model.state_dict().items()}
+    state = {
+        f"module.{k}": (v.half() if half and v.is_floating_point() else v)
+        for k, v in model.state_dict().items()
+    }
     hidden = model.config.text.hidden_size
     state["module.bert.pooler.dense.weight"] = torch.zeros(hidden, hidden)
     state["module.bert.pooler.dense.bias"] = torch.zeros(hidden)
@@ -78,9 +81,7 @@ def test_our_format_round_trip_carries_its_config(family: str, tmp_path: Path) -
         torch.testing.assert_close(a, b, rtol=0, atol=0)
 
 
-def test_our_checkpoint_loads_strictly_into_the_official_code(
-    family: str, tmp_path: Path
-) -> None:
+def test_our_checkpoint_loads_strictly_into_the_official_code(family: str, tmp_path: Path) -> None:
     official_clip()
     from cn_clip.clip.model import CLIP
 
@@ -96,69 +97,11 @@ def test_our_checkpoint_loads_strictly_into_the_official_code(
         torch.testing.assert_close(model.encode_image(images), expected, rtol=0, atol=1e-6)
 
 
-def _save_hf(model: ChineseCLIP, directory: Path) -> Path:
-    """A ChineseCLIPModel directory written by transformers itself."""
-    from transformers import ChineseCLIPConfig, ChineseCLIPModel
-
-    cfg = model.config
-    hf_config = ChineseCLIPConfig(
-        text_config={
-            "vocab_size": cfg.text.vocab_size,
-            "hidden_size": cfg.text.hidden_size,
-            "num_hidden_layers": cfg.text.layers,
-            "num_attention_heads": cfg.text.heads,
-            "intermediate_size": cfg.text.intermediate_size,
-        },
-        vision_config={
-            "hidden_size": cfg.vision.width,
-            "intermediate_size": cfg.vision.width * 4,
-            "num_hidden_layers": cfg.vision.layers,
-            "num_attention_heads": cfg.vision.heads,
-            "image_size": cfg.vision.image_size,
-            "patch_size": cfg.vision.patch_size,
-            "projection_dim": cfg.embed_dim,
-        },
-        projection_dim=cfg.embed_dim,
-    )
-    hf = ChineseCLIPModel(hf_config)
-    # The mapping of transformers' convert_chinese_clip_original_pytorch_to_hf.py.
-    sd = model.state_dict()
-    with torch.no_grad():
-        for name, param in hf.text_model.named_parameters():
-            param.copy_(sd[f"bert.{name}"])
-        hf.text_projection.weight.copy_(sd["text_projection"].T)
-        hf.visual_projection.weight.copy_(sd["visual.proj"].T)
-        vm = hf.vision_model
-        vm.pre_layrnorm.weight.copy_(sd["visual.ln_pre.weight"])
-        vm.pre_layrnorm.bias.copy_(sd["visual.ln_pre.bias"])
-        vm.post_layernorm.weight.copy_(sd["visual.ln_post.weight"])
-        vm.post_layernorm.bias.copy_(sd["visual.ln_post.bias"])
-        vm.embeddings.patch_embedding.weight.copy_(sd["visual.conv1.weight"])
-        vm.embeddings.class_embedding.copy_(sd["visual.class_embedding"])
-        vm.embeddings.position_embedding.weight.copy_(sd["visual.positional_embedding"])
-        for i, layer in enumerate(vm.encoder.layers):
-            p = f"visual.transformer.resblocks.{i}."
-            for hf_part, part in (("layer_norm1", "ln_1"), ("layer_norm2", "ln_2"),
-                                  ("mlp.fc1", "mlp.c_fc"), ("mlp.fc2", "mlp.c_proj"),
-                                  ("self_attn.out_proj", "attn.out_proj")):
-                module = layer.get_submodule(hf_part)
-                module.weight.copy_(sd[f"{p}{part}.weight"])
-                module.bias.copy_(sd[f"{p}{part}.bias"])
-            for kind in ("weight", "bias"):
-                q, k, v = sd[f"{p}attn.in_proj_{kind}"].chunk(3)
-                getattr(layer.self_attn.q_proj, kind).copy_(q)
-                getattr(layer.self_attn.k_proj, kind).copy_(k)
-                getattr(layer.self_attn.v_proj, kind).copy_(v)
-        hf.logit_scale.copy_(sd["logit_scale"])
-    hf.save_pretrained(directory)
-    return directory
-
-
 def test_three_formats_of_the_same_weights_embed_identically(tmp_path: Path) -> None:
     model = _model("vit")
     official = load_checkpoint(_save_official(model, tmp_path / "official.pt"))
     ours = load_checkpoint(save_checkpoint(model, tmp_path / "ours.pt"))
-    hf = load_checkpoint(_save_hf(model, tmp_path / "hf"))
+    hf = load_checkpoint(save_as_hf(model, tmp_path / "hf"))
     assert hf.format == "huggingface" and (tmp_path / "hf" / "model.safetensors").is_file()
     reference = _embed(official.model)
     for other in (ours, hf):
@@ -170,7 +113,7 @@ def test_hf_pytorch_model_bin_is_read_too(tmp_path: Path) -> None:
     from safetensors.torch import load_file
 
     model = _model("vit")
-    directory = _save_hf(model, tmp_path / "hf")
+    directory = save_as_hf(model, tmp_path / "hf")
     weights = load_file(str(directory / "model.safetensors"))
     (directory / "model.safetensors").unlink()
     torch.save(weights, directory / "pytorch_model.bin")
@@ -183,11 +126,14 @@ def test_hf_mapping_packs_qkv() -> None:
     sd = model.state_dict()
     hf = {
         "vision_model.encoder.layers.0.self_attn.q_proj.weight": sd[
-            "visual.transformer.resblocks.0.attn.in_proj_weight"][:128],
+            "visual.transformer.resblocks.0.attn.in_proj_weight"
+        ][:128],
         "vision_model.encoder.layers.0.self_attn.k_proj.weight": sd[
-            "visual.transformer.resblocks.0.attn.in_proj_weight"][128:256],
+            "visual.transformer.resblocks.0.attn.in_proj_weight"
+        ][128:256],
         "vision_model.encoder.layers.0.self_attn.v_proj.weight": sd[
-            "visual.transformer.resblocks.0.attn.in_proj_weight"][256:],
+            "visual.transformer.resblocks.0.attn.in_proj_weight"
+        ][256:],
         "text_model.pooler.dense.weight": torch.zeros(1),
         "text_model.embeddings.position_ids": torch.zeros(1),
     }
@@ -308,7 +254,7 @@ def test_hf_directory_problems(tmp_path: Path) -> None:
     (tmp_path / "config.json").write_text(json.dumps({"model_type": "bert"}))
     with pytest.raises(CheckpointError, match="not a Chinese CLIP .*config"):
         load_checkpoint(tmp_path)
-    directory = _save_hf(_model("vit"), tmp_path / "hf")
+    directory = save_as_hf(_model("vit"), tmp_path / "hf")
     (directory / "model.safetensors").write_bytes(b"\x00" * 10)
     with pytest.raises(CheckpointError, match="not a readable safetensors file"):
         load_checkpoint(directory)

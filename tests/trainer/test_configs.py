@@ -76,8 +76,16 @@ def test_dict_round_trip(name: str) -> None:
 def test_invalid_configs_are_refused() -> None:
     with pytest.raises(ConfigError, match="divisible"):
         ModelConfig.from_dict(
-            {**ARCHITECTURES["ViT-B-16"].to_dict(), "vision": {"kind": "vit", "image_size": 225,
-             "width": 768, "layers": 12, "patch_size": 16}}
+            {
+                **ARCHITECTURES["ViT-B-16"].to_dict(),
+                "vision": {
+                    "kind": "vit",
+                    "image_size": 225,
+                    "width": 768,
+                    "layers": 12,
+                    "patch_size": 16,
+                },
+            }
         )
     with pytest.raises(ConfigError, match="invalid model config"):
         ModelConfig.from_dict({"name": "x"})

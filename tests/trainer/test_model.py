@@ -106,9 +106,7 @@ def test_gradient_checkpointing_per_tower_keeps_gradients(
     for name in expected:
         torch.testing.assert_close(got[name], expected[name], rtol=1e-4, atol=1e-6)
     # BatchNorm statistics are updated once per step, not again during recomputation.
-    for (name, a), (_, b) in zip(
-        plain.named_buffers(), ckpt.named_buffers(), strict=True
-    ):
+    for (name, a), (_, b) in zip(plain.named_buffers(), ckpt.named_buffers(), strict=True):
         torch.testing.assert_close(a, b, msg=name)
 
 
