@@ -17,8 +17,8 @@ from pathlib import Path
 from typing import Any
 
 from runtime.errors import CnClipError
-
-ARCH_NAMES = ("RN50", "ViT-B-16", "ViT-L-14", "ViT-L-14-336", "ViT-H-14")
+from runtime.images import DEFAULT_MAX_PIXELS
+from trainer.configs import ARCHITECTURES
 
 EMBED_EPILOG = """\
 examples:
@@ -131,7 +131,7 @@ def build_parser() -> argparse.ArgumentParser:
     embed.add_argument("--model", required=True, help="checkpoint file or directory")
     embed.add_argument(
         "--arch",
-        choices=ARCH_NAMES,
+        choices=list(ARCHITECTURES),
         help="architecture; inferred from the file when omitted, checked against it when given",
     )
     source = embed.add_mutually_exclusive_group(required=True)
@@ -150,8 +150,8 @@ def build_parser() -> argparse.ArgumentParser:
     embed.add_argument(
         "--max-pixels",
         type=_positive_int,
-        default=64_000_000,
-        help="refuse images with more pixels than this (default 64000000)",
+        default=DEFAULT_MAX_PIXELS,
+        help=f"refuse images with more pixels than this (default {DEFAULT_MAX_PIXELS})",
     )
     embed.add_argument("-q", "--quiet", action="store_true", help="no progress bar or summary")
     embed.set_defaults(handler=_cmd_embed)

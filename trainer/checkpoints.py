@@ -226,7 +226,8 @@ def check_state_dict(state: StateDict, config: ModelConfig, path: Path | str) ->
     """
     path = Path(path)
     with torch.device("meta"):
-        expected = {k: tuple(v.shape) for k, v in ChineseCLIP(config).state_dict().items()}
+        reference = ChineseCLIP(config).state_dict()
+    expected = {k: tuple(v.shape) for k, v in reference.items()}
     state = dict(state)
     for key in expected:
         # Older or converted checkpoints may lack BatchNorm's step counters.
@@ -258,6 +259,11 @@ def check_state_dict(state: StateDict, config: ModelConfig, path: Path | str) ->
             raise CheckpointError(
                 f"{path}: shape mismatch with {arch}: {key} is "
                 f"{_fmt(state[key].shape)} in the file, {arch} expects {_fmt(shape)}{guess}"
+            )
+        if state[key].is_floating_point() != reference[key].is_floating_point():
+            raise CheckpointError(
+                f"{path}: {key} holds {str(state[key].dtype).removeprefix('torch.')} values, "
+                f"{arch} expects {str(reference[key].dtype).removeprefix('torch.')}"
             )
     return state
 

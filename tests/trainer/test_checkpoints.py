@@ -193,6 +193,16 @@ def test_shape_mismatch_is_named(tmp_path: Path) -> None:
         load_checkpoint(tmp_path / "s.pt")
 
 
+def test_integer_weights_where_floats_belong(tmp_path: Path) -> None:
+    state = _model("vit").state_dict()
+    state["visual.proj"] = torch.zeros(state["visual.proj"].shape, dtype=torch.int64)
+    torch.save({"state_dict": state}, tmp_path / "i.pt")
+    with pytest.raises(
+        CheckpointError, match=r"visual.proj holds int64 values, .* expects float32"
+    ):
+        load_checkpoint(tmp_path / "i.pt")
+
+
 def test_unexpected_weights_are_named(tmp_path: Path) -> None:
     state = _model("vit").state_dict()
     state["visual.extra_head.weight"] = torch.ones(3)
