@@ -27,7 +27,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from runtime.errors import CnClipError
-from runtime.images import DEFAULT_MAX_PIXELS, PreprocessConfig, load_image, preprocess
+from runtime.images import DEFAULT_MAX_PIXELS, PreprocessConfig, load_and_preprocess, preprocess
 from runtime.tokenizer import ChineseTokenizer, default_tokenizer
 from trainer.checkpoints import load_checkpoint
 from trainer.configs import get_config
@@ -152,10 +152,7 @@ class Embedder:
     def _load(self, image: ImageInput) -> npt.NDArray[np.float32]:
         if isinstance(image, Image.Image):
             return preprocess(image, self.preprocess_config)
-        return preprocess(
-            load_image(image, max_pixels=self.preprocess_config.max_pixels),
-            self.preprocess_config,
-        )
+        return load_and_preprocess(image, self.preprocess_config)
 
     def embed_images(
         self,
