@@ -54,12 +54,13 @@ while decoding and resizing, so a thread pool does speed up batches.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import io
 import math
 import operator
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import IO, Any, Final, TypeAlias
 
@@ -330,32 +331,30 @@ def load_and_preprocess(
 # --------------------------------------------------------------------------- decoding
 
 
+@contextlib.contextmanager
+def _decoding(label: str, reason: Callable[[Exception], str]) -> Iterator[None]:
+    """Turn Pillow's and the OS's exceptions inside the block into ours."""
+    try:
+        yield
+    except Image.DecompressionBombError as exc:
+        raise ImageTooLargeError(
+            f"image {label} is too large to decode safely: {_reason(exc)}"
+        ) from exc
+    except MemoryError:
+        raise
+    except Exception as exc:
+        raise InvalidImageError(f"cannot decode image {label}: {reason(exc)}") from exc
+
+
 def _decode(stream: IO[bytes], label: str, max_pixels: int) -> Image.Image:
     # Register every plugin before opening: Pillow imports them lazily, and two
     # threads doing that at the same time can miss a format. A no-op once done.
     Image.init()
-    try:
+    with _decoding(label, _open_reason):
         image = Image.open(stream)
-    except Image.DecompressionBombError as exc:
-        raise ImageTooLargeError(
-            f"image {label} is too large to decode safely: {_reason(exc)}"
-        ) from exc
-    except MemoryError:
-        raise
-    except Exception as exc:
-        raise InvalidImageError(f"cannot decode image {label}: {_open_reason(exc)}") from exc
-
     _check_size(image.size, label, max_pixels)
-    try:
+    with _decoding(label, _reason):
         image.load()
-    except Image.DecompressionBombError as exc:
-        raise ImageTooLargeError(
-            f"image {label} is too large to decode safely: {_reason(exc)}"
-        ) from exc
-    except MemoryError:
-        raise
-    except Exception as exc:
-        raise InvalidImageError(f"cannot decode image {label}: {_reason(exc)}") from exc
     # A GIF's first frame may extend the canvas while loading.
     _check_size(image.size, label, max_pixels)
     return _apply_orientation(image)
