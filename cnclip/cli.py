@@ -79,6 +79,12 @@ def _cmd_embed(args: argparse.Namespace) -> int:
         texts = list(args.text)
     elif args.text_file is not None:
         texts = _read_text_file(args.text_file)
+    else:
+        # Catch a mistyped path before spending seconds loading the model.
+        for image in args.images:
+            if not Path(image).is_file():
+                what = "is a directory" if Path(image).is_dir() else "no such file"
+                raise CnClipError(f"image {image}: {what}")
     count = len(texts) if texts is not None else len(args.images)
     progress = not args.quiet and sys.stderr.isatty()
 

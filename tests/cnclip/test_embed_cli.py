@@ -138,6 +138,8 @@ def test_user_errors_are_one_line_and_write_nothing(
     assert "holds a custom architecture, not RN50" in _fails(
         [*base, "--arch", "RN50", "--text", "a"], capsys
     )
+    assert "image nowhere.jpg: no such file" in _fails([*base, "--images", "nowhere.jpg"], capsys)
+    assert "is a directory" in _fails([*base, "--images", str(tmp_path)], capsys)
     missing = ["embed", "--model", str(tmp_path / "nope.pt"), "--text", "a", "--out", str(out)]
     assert "no such file" in _fails(missing, capsys)
     latin1 = tmp_path / "latin1.txt"
