@@ -110,6 +110,115 @@ def _cmd_embed(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_build_lmdb(args: argparse.Namespace) -> int:
+    from trainer.data.official import build_lmdb
+
+    summaries = build_lmdb(
+        args.data_dir,
+        args.splits,
+        args.lmdb_dir,
+        overwrite=args.overwrite,
+        progress=not args.quiet and sys.stderr.isatty(),
+    )
+    if not args.quiet:
+        for summary in summaries.values():
+            skipped = {k: v for k, v in summary.skipped.items() if v}
+            note = f"; skipped {skipped}" if skipped else ""
+            print(
+                f"{summary.split}: {summary.num_samples} pairs, {summary.num_images} images "
+                f"-> {summary.path}{note}",
+                file=sys.stderr,
+            )
+    return 0
+
+
+def _source_records(source: Any) -> Any:
+    """Every readable record of a source, in order; unreadable ones are logged and skipped."""
+    from trainer.data.records import IndexedSource
+
+    if isinstance(source, IndexedSource):
+        for index in range(len(source)):
+            try:
+                yield source.get(index)
+            except CnClipError as exc:
+                logging.getLogger("cnclip").warning("skipping pair %d: %s", index, exc)
+    else:
+        for shard in range(source.num_shards):
+            yield from source.read_shard(shard)
+
+
+def _cmd_to_wds(args: argparse.Namespace) -> int:
+    from trainer.data import open_source
+    from trainer.data.records import IndexedSource
+    from trainer.data.wds import write_wds
+
+    options: dict[str, Any] = {}
+    if args.kind == "official":
+        options["split"] = args.split
+    if args.class_names:
+        options["class_names"] = args.class_names
+    if args.root:
+        options["root"] = args.root
+    source = open_source(args.kind, args.path, **options)
+    total = len(source) if isinstance(source, IndexedSource) else source.num_samples
+    manifest = write_wds(
+        _source_records(source),
+        args.out,
+        samples_per_shard=args.samples_per_shard,
+        total=total,
+        progress=not args.quiet and sys.stderr.isatty(),
+        overwrite=args.overwrite,
+    )
+    if not args.quiet:
+        print(
+            f"wrote {manifest['num_samples']} pairs in {len(manifest['shards'])} shards "
+            f"to {args.out}",
+            file=sys.stderr,
+        )
+    return 0
+
+
+def _add_data_commands(sub: Any) -> None:
+    data = sub.add_parser(
+        "data",
+        help="convert training data: official tsv/jsonl to LMDB, any format to WebDataset",
+        description="Convert training data between formats.",
+    )
+    commands = data.add_subparsers(dest="data_command", metavar="COMMAND", required=True)
+    lmdb = commands.add_parser(
+        "build-lmdb",
+        help="official {split}_imgs.tsv + {split}_texts.jsonl -> the official LMDB layout",
+        description="Write the official Chinese-CLIP LMDB layout ({lmdb_dir}/{split}/pairs "
+        "and imgs), readable by the official training code. Splits are written to a "
+        "temporary directory and renamed when complete.",
+    )
+    lmdb.add_argument("--data-dir", required=True, help="folder with the tsv and jsonl files")
+    lmdb.add_argument("--splits", required=True, help="comma-separated, e.g. train,valid")
+    lmdb.add_argument("--lmdb-dir", help="output folder (default: DATA_DIR/lmdb)")
+    lmdb.add_argument("--overwrite", action="store_true", help="replace existing splits")
+    lmdb.add_argument("-q", "--quiet", action="store_true", help="no progress bar or summary")
+    lmdb.set_defaults(handler=_cmd_build_lmdb)
+
+    wds = commands.add_parser(
+        "to-wds",
+        help="any supported dataset -> WebDataset tar shards (.jpg + .txt)",
+        description="Write WebDataset shards with a manifest.json, for datasets too big "
+        "for random access. Unreadable pairs are skipped and reported.",
+    )
+    wds.add_argument(
+        "--kind", required=True, choices=["official", "lmdb", "catalog", "imagefolder", "wds"]
+    )
+    wds.add_argument("--path", required=True, help="the dataset (folder, jsonl, archive)")
+    wds.add_argument("--split", default="train", help="official format: the split")
+    wds.add_argument("--class-names", help="imagefolder: TSV folder<TAB>name or names .txt")
+    wds.add_argument("--root", help="catalog: folder that image paths are relative to")
+    wds.add_argument("--out", required=True, help="output folder for the shards")
+    wds.add_argument("--samples-per-shard", type=_positive_int, default=10000)
+    wds.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
+    wds.add_argument("-q", "--quiet", action="store_true", help="no progress bar or summary")
+    wds.set_defaults(handler=_cmd_to_wds)
+
+
 def _positive_int(value: str) -> int:
     try:
         number = int(value)
@@ -161,6 +270,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     embed.add_argument("-q", "--quiet", action="store_true", help="no progress bar or summary")
     embed.set_defaults(handler=_cmd_embed)
+
+    from trainer import cli as train_main
+
+    train = sub.add_parser(
+        "train",
+        help="train or finetune a model from a YAML run config (stage 1 LiT, stage 2 both towers)",
+        description=train_main.DESCRIPTION,
+        epilog=train_main.TRAIN_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    train_main.add_arguments(train)
+    train.set_defaults(handler=train_main.run)
+    _add_data_commands(sub)
     return parser
 
 

@@ -26,3 +26,7 @@ class CheckpointError(CnClipError):
 
 class ConfigError(CnClipError):
     """An unknown architecture name or an inconsistent model configuration."""
+
+
+class DataError(CnClipError):
+    """A dataset that is missing, malformed or inconsistent (files, ids, annotations)."""

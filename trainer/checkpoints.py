@@ -380,7 +380,7 @@ def hf_to_official(hf: Mapping[str, torch.Tensor]) -> StateDict:
     return out
 
 
-def _load_hf_weights(directory: Path) -> StateDict:
+def load_hf_weights(directory: Path) -> StateDict:
     safetensors_path = directory / "model.safetensors"
     bin_path = directory / "pytorch_model.bin"
     if safetensors_path.is_file():
@@ -468,7 +468,7 @@ def load_checkpoint(
     config: ModelConfig | None = None
     if fmt == "huggingface":
         config = _hf_config(p)
-        state = _clean_state_dict(hf_to_official(_load_hf_weights(p)), p)
+        state = _clean_state_dict(hf_to_official(load_hf_weights(p)), p)
     else:
         raw = _torch_load(p)
         if not isinstance(raw, dict):

@@ -126,15 +126,27 @@ class VisionTransformer(nn.Module):
         self.transformer = Transformer(width, config.layers, config.heads, config.mlp_ratio)
         self.ln_post = LayerNorm(width)
         self.proj = nn.Parameter(scale * torch.randn(width, embed_dim))
+        # FLIP (Li et al. 2023): in training, keep a random (1 - p) share of the
+        # patch tokens after the positional embedding; the class token always stays.
+        self.patch_dropout = 0.0
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         self.transformer.grad_checkpointing = enable
+
+    def _drop_patches(self, x: torch.Tensor) -> torch.Tensor:
+        patches = x.shape[1] - 1
+        keep = max(1, int(patches * (1.0 - self.patch_dropout)))
+        order = torch.rand(x.shape[0], patches, device=x.device).argsort(dim=1)[:, :keep] + 1
+        kept = x.gather(1, order.unsqueeze(-1).expand(-1, -1, x.shape[2]))
+        return torch.cat([x[:, :1], kept], dim=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.conv1(x.to(self.conv1.weight.dtype))  # [B, W, g, g]
         x = x.flatten(2).transpose(1, 2)  # [B, g*g, W]
         cls = self.class_embedding.to(x.dtype).expand(x.shape[0], 1, -1)
         x = torch.cat([cls, x], dim=1) + self.positional_embedding.to(x.dtype)
+        if self.training and self.patch_dropout > 0:
+            x = self._drop_patches(x)
         x = self.transformer(self.ln_pre(x))
         return self.ln_post(x[:, 0, :]) @ self.proj
 
@@ -199,7 +211,7 @@ class AttentionPool2d(nn.Module):
 
 
 @contextmanager
-def _frozen_batchnorm_stats(module: nn.Module) -> Iterator[None]:
+def frozen_batchnorm_stats(module: nn.Module) -> Iterator[None]:
     """Keep BatchNorm running statistics and step counters unchanged inside the block.
 
     Gradient checkpointing runs a block's forward a second time during backward;
@@ -224,7 +236,7 @@ def _frozen_batchnorm_stats(module: nn.Module) -> Iterator[None]:
 def _checkpoint_contexts(
     module: nn.Module,
 ) -> Callable[[], tuple[AbstractContextManager[Any], AbstractContextManager[Any]]]:
-    return lambda: (nullcontext(), _frozen_batchnorm_stats(module))
+    return lambda: (nullcontext(), frozen_batchnorm_stats(module))
 
 
 class ModifiedResNet(nn.Module):
