@@ -64,12 +64,20 @@ class ModelSection:
 
 @dataclass
 class DataSection:
-    """A dataset: its ``kind``, ``path`` and the options of that kind."""
+    """A dataset: its ``kind``, ``path`` and the options of that kind.
+
+    ``split``: official format. ``class_names`` and ``templates``: ImageFolder
+    (captions are a random template filled with the class name). ``root``:
+    catalogs (image paths are relative to it; default the catalog's folder).
+    ``num_samples``: WebDataset shards without a manifest. ``max_samples``:
+    use only the first pairs (a quick validation subset).
+    """
 
     kind: DataKind = "official"
     path: str = ""
     split: str = "train"
     class_names: str | None = None
+    root: str | None = None
     templates: list[str] = field(default_factory=lambda: list(DEFAULT_TEMPLATES))
     num_samples: int | None = None
     max_samples: int | None = None

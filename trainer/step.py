@@ -164,21 +164,24 @@ def train_step(
         sync = j == accum - 1
         no_sync = getattr(wrapped, "no_sync", None)
         sync_ctx = contextlib.nullcontext() if sync or no_sync is None else no_sync()
-        with sync_ctx, _rng_replay(rng_states[j]), _autocast(device, options.amp_dtype):
-            images = None if options.lock_image else batch.images
-            live_img, live_txt, scale = wrapped(images, batch.input_ids)
+        with sync_ctx:  # DDP reduces gradients after the last micro-batch only
+            with _rng_replay(rng_states[j]), _autocast(device, options.amp_dtype):
+                images = None if options.lock_image else batch.images
+                live_img, live_txt, scale = wrapped(images, batch.input_ids)
+            # The loss in fp32, outside autocast.
             img_block = cached_img[j] if live_img is None else gather_features(live_img.float())
             txt_block = gather_features(live_txt.float())
             all_img = torch.cat([*cached_img[:j], img_block, *cached_img[j + 1 :]])
             all_txt = torch.cat([*cached_txt[:j], txt_block, *cached_txt[j + 1 :]])
+            scale = scale.float()
             scale = scale.detach() + (scale - scale.detach()) * scale_share
             loss = contrastive_loss(
-                all_img, all_txt, scale.float(), groups if options.multi_positive else None
+                all_img, all_txt, scale, groups if options.multi_positive else None
             )
-        scaled = loss * options.world_size
-        if scaler is not None:
-            scaled = scaler.scale(scaled)
-        scaled.backward()  # type: ignore[no-untyped-call]
+            scaled = loss * options.world_size
+            if scaler is not None:
+                scaled = scaler.scale(scaled)
+            scaled.backward()  # type: ignore[no-untyped-call]
         total_loss = float(loss.detach())
         last_img, last_txt = all_img.detach(), all_txt.detach()
 

@@ -70,6 +70,7 @@ class TrainState:
     global_step: int = 0
     best_score: float = -math.inf
     best_step: int = -1
+    elapsed_s: float = 0.0  # training wall time so far, across resumptions
     optimizer: dict[str, Any] | None = None
     scaler: dict[str, Any] | None = None
     ranks: list[dict[str, Any]] = field(default_factory=list)  # per rank: rng, loader
@@ -258,6 +259,8 @@ class Trainer:
             options["split"] = data.split
         if data.kind == "imagefolder" and data.class_names:
             options["class_names"] = data.class_names
+        if data.kind == "catalog" and data.root:
+            options["root"] = data.root
         return open_source(data.kind, data.path, **options)
 
     def _validation_set(self) -> RetrievalSet | ZeroShotSet | None:
@@ -376,20 +379,22 @@ class Trainer:
             eps=config.optim.eps,
         )
         scaler = torch.amp.GradScaler("cuda") if self.amp_dtype == torch.float16 else None
-        rank_state = (
-            state.ranks[info.rank] if resuming and len(state.ranks) == info.world_size else None
-        )
+        # Every rank's saved random state and data position, once, right after a resume.
+        saved = state.ranks if len(state.ranks) == info.world_size else []
+        if state.ranks and not saved:
+            log.warning("world size changed: random state and data position start afresh")
+        rank_state = saved[info.rank] if saved else None
+        state.ranks = []
+        if rank_state is not None:
+            _rng_restore(rank_state["rng"])
         if resuming:
             if state.optimizer is not None:
                 optimizer.load_state_dict(state.optimizer)
             if scaler is not None and state.scaler is not None:
                 scaler.load_state_dict(state.scaler)
-            if rank_state is not None:
-                _rng_restore(rank_state["rng"])
-            else:
-                log.warning("world size changed: random state and data position start afresh")
         else:
             state.stage, state.stage_step = index, 0
+            rank_state = None  # a new stage starts its data afresh
         wrapped: torch.nn.Module = TrainForward(self.model)
         if info.distributed:
             device_ids = [self.device.index] if self.device.type == "cuda" else None
@@ -436,6 +441,7 @@ class Trainer:
         progress = _Progress(stage.name, total, state.stage_step, info.is_main)
         metrics: dict[str, Any] = {}
         window_start, window_samples, data_wait = time.perf_counter(), 0, 0.0
+        clock = time.perf_counter()
         while state.stage_step < total:
             fetch_start = time.perf_counter()
             micro = []
@@ -459,6 +465,9 @@ class Trainer:
                 )
             state.stage_step += 1
             state.global_step += 1
+            now = time.perf_counter()
+            state.elapsed_s += now - clock
+            clock = now
             window_samples += stage.batch_size
             progress.update(result.loss)
             last = state.stage_step == total
@@ -480,6 +489,7 @@ class Trainer:
                     "samples_per_s": window_samples / max(elapsed, 1e-9),
                     "data_wait_s": data_wait,
                     "corrupt": int(corrupt),
+                    "elapsed_s": round(state.elapsed_s, 2),
                 }
                 if info.is_main:
                     _write_metrics(self.metrics_path, record)
@@ -546,6 +556,7 @@ class Trainer:
             extra={"train_state": self.state.to_dict(), "run_config": self.config.to_dict()},
         )
         self.state.optimizer = self.state.scaler = None
+        self.state.ranks = []
         barrier()
 
     def _save_model_only(self, name: str) -> None:

@@ -137,3 +137,21 @@ def test_same_numbers_as_the_official_model(family: str) -> None:
         expected_txt = F.normalize(official.encode_text(IDS), dim=-1)
         torch.testing.assert_close(ours.encode_image(images), expected_img, rtol=0, atol=1e-6)
         torch.testing.assert_close(ours.encode_text(IDS), expected_txt, rtol=0, atol=1e-6)
+
+
+def test_patch_dropout_only_in_training() -> None:
+    torch.manual_seed(0)
+    model = build_model(tiny_config("vit"))
+    model.visual.patch_dropout = 0.5
+    images = torch.randn(2, 3, 32, 32)
+    model.eval()
+    with torch.no_grad():
+        a, b = model.encode_image(images), model.encode_image(images)
+    assert torch.equal(a, b)  # eval: every patch, deterministic
+    seen: list[int] = []
+    block = model.visual.transformer.resblocks[0]
+    handle = block.register_forward_hook(lambda m, i, o: seen.append(i[0].shape[1]))
+    model.train()
+    model.encode_image(images)
+    handle.remove()
+    assert seen == [1 + 16 // 2]  # the class token plus half of the 4x4 patches

@@ -210,18 +210,23 @@ def test_a_killed_run_resumes_exactly(tmp_path: Path, data_dir: Path) -> None:
     assert reference.returncode == 0, reference.stderr[-2000:]
 
     cmd = _cifar_run(tmp_path, data_dir, "killed")
-    proc = subprocess.Popen(cmd, env=env, stderr=subprocess.PIPE, text=True)
-    metrics = tmp_path / "killed" / "metrics.jsonl"
-    deadline = time.monotonic() + 300
-    while (
-        time.monotonic() < deadline
-    ):  # kill -9 once step 25 (past the step-18 checkpoint) is logged
-        if metrics.is_file() and max(_losses(tmp_path / "killed"), default=0) >= 25:
-            break
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    assert max(_losses(tmp_path / "killed")) < 48, "the run finished before it could be killed"
+    # Killed twice: after the stage boundary (resumes from the stage-end checkpoint
+    # of step 8), then in the middle of stage two (resumes from step 18).
+    for kill_at in (12, 25):
+        proc = subprocess.Popen(cmd, env=env, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline:
+            done = (
+                _losses(tmp_path / "killed")
+                if (tmp_path / "killed" / "metrics.jsonl").is_file()
+                else {}
+            )
+            if max(done, default=0) >= kill_at:
+                break
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        assert max(_losses(tmp_path / "killed")) < 48, "the run finished before it was killed"
 
     resumed = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
