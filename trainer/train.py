@@ -48,8 +48,8 @@ from trainer.distributed import (
     resolve_device,
     shutdown_distributed,
 )
-from trainer.init import build_initial_model
-from trainer.model import ChineseCLIP
+from trainer.init import build_initial_model, model_config
+from trainer.model import ChineseCLIP, build_model
 from trainer.optim import build_optimizer, cosine_lr, set_lr
 from trainer.run_config import DataSection, RunConfig, StageSection
 from trainer.step import MicroBatch, StepOptions, TrainForward, train_step
@@ -215,16 +215,18 @@ class Trainer:
         resume_from = _find_resume(config, self.run_dir)
         torch.manual_seed(config.seed + info.rank)
         random.seed(config.seed + info.rank)
-        self.model, report = build_initial_model(config.model)
-        for line in report.sources:
-            log.info("init: %s", line)
-        if report.missing or report.unexpected:
-            log.warning(
-                "init: %d weights start random (missing), %d unused (unexpected)",
-                len(report.missing),
-                len(report.unexpected),
-            )
-        if resume_from is not None:
+        if resume_from is None:
+            self.model, report = build_initial_model(config.model)
+            for line in report.sources:
+                log.info("init: %s", line)
+            if report.missing or report.unexpected:
+                log.warning(
+                    "init: %d weights start random (missing), %d unused (unexpected)",
+                    len(report.missing),
+                    len(report.unexpected),
+                )
+        else:  # the initial weights are not needed (nor read) again
+            self.model = build_model(model_config(config.model), init=False)
             weights, self.state = _load_state(resume_from)
             self.model.load_state_dict(weights)
             log.info(
@@ -593,10 +595,14 @@ class _Progress:
         self.start = time.perf_counter()
         self.done0 = done
         self.bar: Any = None
+        self._redirect: Any = None
         if enabled and sys.stderr.isatty():
             from tqdm import tqdm
+            from tqdm.contrib.logging import logging_redirect_tqdm
 
             self.bar = tqdm(total=total, initial=done, desc=f"stage {name}", unit="step")
+            self._redirect = logging_redirect_tqdm()  # log lines print above the bar
+            self._redirect.__enter__()
 
     def update(self, loss: float) -> None:
         if self.bar is not None:
@@ -622,6 +628,7 @@ class _Progress:
 
     def close(self) -> None:
         if self.bar is not None:
+            self._redirect.__exit__(None, None, None)
             self.bar.close()
 
 
