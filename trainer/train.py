@@ -143,11 +143,13 @@ def _truncate_metrics(path: Path, global_step: int) -> None:
     """Drop lines logged after the checkpoint we resume from, so the curve has no repeats."""
     if not path.is_file():
         return
-    kept = [
-        line
-        for line in path.read_text(encoding="utf-8").splitlines()
-        if line.strip() and json.loads(line).get("step", 0) <= global_step
-    ]
+    kept = []
+    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+        try:
+            if json.loads(line).get("step", 0) <= global_step:
+                kept.append(line)
+        except (json.JSONDecodeError, AttributeError):
+            continue  # a line cut short by the kill, or not ours
     tmp = path.with_suffix(".tmp")
     tmp.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
     os.replace(tmp, path)

@@ -239,3 +239,15 @@ def test_a_killed_run_resumes_exactly(tmp_path: Path, data_dir: Path) -> None:
     ]
     for key in final[0]:
         assert torch.equal(final[0][key], final[1][key]), key
+
+
+def test_resume_drops_later_and_half_written_metric_lines(tmp_path: Path) -> None:
+    from trainer.train import _truncate_metrics
+
+    path = tmp_path / "metrics.jsonl"
+    lines = [{"kind": "train", "step": s} for s in (1, 2, 3, 4)]
+    text = "".join(json.dumps(x) + "\n" for x in lines) + '{"kind": "train", "st'
+    path.write_text(text, encoding="utf-8")
+    _truncate_metrics(path, 2)
+    kept = [json.loads(x)["step"] for x in path.read_text(encoding="utf-8").splitlines()]
+    assert kept == [1, 2]

@@ -6,7 +6,8 @@ The data of a stage is cut into ``world_size x streams`` disjoint *streams*
 
 * indexed sources (official tsv/jsonl, LMDB, catalogs, ImageFolders): a
   permutation of all pairs drawn from ``(seed, stage, epoch)``, every ``G``-th
-  entry starting at ``g``; nothing but the permutation is held in memory;
+  entry starting at ``g``; a worker keeps only its share of the permutation
+  (4 bytes per pair while it is drawn at an epoch's start);
 * sharded sources (WebDataset tars): the epoch's shard order, every ``G``-th
   shard (or every ``G``-th record when there are fewer shards than streams),
   read sequentially through a seeded shuffle buffer of bounded size.
@@ -124,7 +125,12 @@ def _indexed_records(
     spec: StreamSpec, source: IndexedSource, stream_id: int, epoch: int, start: int
 ) -> Iterator[tuple[int, Record | None]]:
     total = len(source) if spec.max_samples is None else min(len(source), spec.max_samples)
-    order = _epoch_rng(spec, epoch).permutation(total)[stream_id :: spec.world_size * spec.streams]
+    # The epoch's permutation (4 bytes a pair while it is drawn), of which this stream
+    # keeps only its share: memory stays at total / streams indices per worker.
+    permutation = np.arange(total, dtype=np.int32 if total < 2**31 else np.int64)
+    _epoch_rng(spec, epoch).shuffle(permutation)
+    order = permutation[stream_id :: spec.world_size * spec.streams].copy()
+    del permutation
     for position in range(start, len(order)):
         try:
             yield position, source.get(int(order[position]))
