@@ -101,7 +101,7 @@ class TrainDataSection(DataSection):
 
 @dataclass
 class ValidationSection:
-    """Zero-shot validation every ``every`` steps (0: at the end of each stage).
+    """Zero-shot validation every ``every`` steps (0: never between) and at each stage's end.
 
     ``task``: ``retrieval`` (recall@1/5/10 both ways on image-text pairs) or
     ``zeroshot`` (classification accuracy on an ImageFolder with class names,

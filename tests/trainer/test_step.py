@@ -119,3 +119,22 @@ def test_two_process_gloo_matches_one_process(
     reference, loss = single_process_delta("vit", 1, lock == "1", groups == "1")
     assert result["loss"] == pytest.approx(loss, rel=1e-5)
     _assert_same(reference, result["delta"])
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_amp_step_on_cuda(dtype: torch.dtype) -> None:
+    from tests.trainer.step_cases import case_batch, case_model
+    from trainer.step import MicroBatch, StepOptions, TrainForward, train_step
+
+    device = torch.device("cuda")
+    model = case_model("vit").to(device).train()
+    batch = case_batch(groups=True)
+    micro = [MicroBatch(batch.images, batch.input_ids, batch.groups).to(device)]
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    scaler = torch.amp.GradScaler("cuda") if dtype == torch.float16 else None
+    options = StepOptions(amp_dtype=dtype, multi_positive=True, grad_clip=1.0)
+    before = model.text_projection.detach().clone()
+    result = train_step(TrainForward(model), model, micro, optimizer, scaler, options)
+    assert math.isfinite(result.loss) and result.grad_norm > 0
+    assert not torch.equal(model.text_projection.detach(), before)
