@@ -53,45 +53,16 @@ def _train_lines(run_dir: Path) -> list[dict[str, Any]]:
 
 
 def test_build_lmdb_then_train_on_it(tmp_path: Path, data_dir: Path) -> None:
-    muge = data_dir / "muge-sample"
-    assert (
-        main(
-            [
-                "data",
-                "build-lmdb",
-                "--data-dir",
-                str(muge),
-                "--splits",
-                "valid",
-                "--lmdb-dir",
-                str(tmp_path / "lmdb"),
-                "-q",
-            ]
-        )
-        == 0
-    )
+    build = ["data", "build-lmdb", "--data-dir", str(data_dir / "muge-sample")]
+    build += ["--splits", "valid", "--lmdb-dir", str(tmp_path / "lmdb"), "-q"]
+    assert main(build) == 0
     assert (tmp_path / "lmdb" / "valid" / "pairs").is_dir()
     config = _run_config(tmp_path, {"kind": "lmdb", "path": str(tmp_path / "lmdb" / "valid")}, "r")
     assert main(["train", "--config", str(config), "-q"]) == 0
     assert len(_train_lines(tmp_path / "r")) == 2
     assert load_checkpoint(tmp_path / "r" / "checkpoints" / "last.pt").config.name == "tiny-vit"
     # Building again without --overwrite is refused and keeps the split.
-    assert (
-        main(
-            [
-                "data",
-                "build-lmdb",
-                "--data-dir",
-                str(muge),
-                "--splits",
-                "valid",
-                "--lmdb-dir",
-                str(tmp_path / "lmdb"),
-                "-q",
-            ]
-        )
-        == 2
-    )
+    assert main(build) == 2
     assert (tmp_path / "lmdb" / "valid" / "pairs").is_dir()
 
 
