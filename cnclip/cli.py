@@ -27,7 +27,8 @@ examples:
   cnclip embed --model ./chinese-clip-vit-base-patch16 --text-file queries.txt --out q.npy
 
 --model takes an official clip_cn_<arch>.pt, a Hugging Face ChineseCLIPModel
-directory, or a checkpoint written by cnclip. The output is a float32 [n, d]
+directory, a checkpoint written by cnclip, or a model bundle written by
+cnclip export (ONNX Runtime on the CPU, no torch needed). The output is a float32 [n, d]
 .npy of L2-normalized rows in input order.
 """
 
@@ -68,9 +69,23 @@ def _write_npy_atomically(array: Any, out: Path) -> None:
         raise
 
 
-def _cmd_embed(args: argparse.Namespace) -> int:
-    from trainer.embed import DEFAULT_IMAGE_BATCH, DEFAULT_TEXT_BATCH, Embedder
+def _embed_with_bundle(args: argparse.Namespace, texts: list[str] | None) -> Any:
+    """Embed through a model bundle's ONNX towers (no torch needed)."""
+    import numpy as np
 
+    from runtime.bundle import load_bundle
+
+    bundle = load_bundle(args.model)
+    if args.device != "cpu":
+        raise CnClipError("a bundle runs on the CPU here (ONNX Runtime); drop --device")
+    size = args.batch_size or (64 if texts is not None else 16)
+    items: list[Any] = list(texts) if texts is not None else list(args.images)
+    encode = bundle.encode_texts if texts is not None else bundle.encode_images
+    parts = [encode(items[i : i + size]) for i in range(0, len(items), size)]
+    return np.concatenate(parts), str(bundle.manifest.get("architecture") or "custom")
+
+
+def _cmd_embed(args: argparse.Namespace) -> int:
     out = Path(args.out)
     if out.is_dir():
         raise CnClipError(f"--out {out}: is a directory; give a file name such as {out}/x.npy")
@@ -87,6 +102,19 @@ def _cmd_embed(args: argparse.Namespace) -> int:
                 raise CnClipError(f"image {image}: {what}")
     count = len(texts) if texts is not None else len(args.images)
     progress = not args.quiet and sys.stderr.isatty()
+    if (Path(args.model) / "manifest.json").is_file():
+        vectors, name = _embed_with_bundle(args, texts)
+        _write_npy_atomically(vectors, out)
+        if not args.quiet:
+            kind = "texts" if texts is not None else "images"
+            print(
+                f"wrote {count} x {vectors.shape[1]} float32 embeddings of {kind} "
+                f"({name} bundle) to {out}",
+                file=sys.stderr,
+            )
+        return 0
+
+    from trainer.embed import DEFAULT_IMAGE_BATCH, DEFAULT_TEXT_BATCH, Embedder
 
     embedder = Embedder.from_checkpoint(
         args.model, args.arch, device=args.device, max_pixels=args.max_pixels
@@ -178,6 +206,53 @@ def _cmd_to_wds(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_export(args: argparse.Namespace) -> int:
+    from export.bundle import export_bundle
+    from trainer.checkpoints import load_checkpoint
+
+    loaded = load_checkpoint(args.model, args.arch)
+    manifest = export_bundle(
+        loaded.model,
+        args.out,
+        precision=args.precision,
+        verify_data=args.verify_data,
+        source=args.model,
+        overwrite=args.overwrite,
+    )
+    if not args.quiet:
+        parity = manifest["parity"]
+        print(
+            f"wrote {args.precision} bundle of {manifest['architecture'] or 'a custom model'} "
+            f"to {args.out}: min cosine text {parity['text_min_cosine']:.6f}, "
+            f"image {parity['image_min_cosine']:.6f} against PyTorch",
+            file=sys.stderr,
+        )
+    return 0
+
+
+def _add_export_command(sub: Any) -> None:
+    export = sub.add_parser(
+        "export",
+        help="write a verified model bundle (ONNX towers + manifest) from a checkpoint",
+        description="Export both towers to ONNX (dynamic batch; dynamic length for text), "
+        "verify them against PyTorch on real photos and sentences, and write a bundle "
+        "directory only when they match.",
+    )
+    export.add_argument("--model", required=True, help="checkpoint file or directory")
+    export.add_argument("--arch", choices=list(ARCHITECTURES), help="checked against the file")
+    export.add_argument("--out", required=True, help="the bundle directory to write")
+    export.add_argument("--precision", choices=["fp32", "int8"], default="fp32")
+    export.add_argument(
+        "--verify-data",
+        default=os.environ.get("CNCLIP_DATA_DIR", "../shared/data"),
+        help="folder with coco-photos/ and coco-cn-captions.txt "
+        "(default: $CNCLIP_DATA_DIR or ../shared/data)",
+    )
+    export.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    export.add_argument("-q", "--quiet", action="store_true", help="no summary")
+    export.set_defaults(handler=_cmd_export)
+
+
 def _add_data_commands(sub: Any) -> None:
     data = sub.add_parser(
         "data",
@@ -243,7 +318,9 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=EMBED_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    embed.add_argument("--model", required=True, help="checkpoint file or directory")
+    embed.add_argument(
+        "--model", required=True, help="checkpoint file or directory, or a model bundle"
+    )
     embed.add_argument(
         "--arch",
         choices=list(ARCHITECTURES),
@@ -283,6 +360,7 @@ def build_parser() -> argparse.ArgumentParser:
     train_main.add_arguments(train)
     train.set_defaults(handler=train_main.run)
     _add_data_commands(sub)
+    _add_export_command(sub)
     return parser
 
 

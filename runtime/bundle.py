@@ -1,0 +1,207 @@
+"""Model bundles: a self-describing directory the index and the service read, without torch.
+
+A bundle holds ``manifest.json``, ``text.onnx``, ``image.onnx`` and ``vocab.txt``.
+The manifest records everything needed to use the towers exactly as the model
+was trained: architecture, embedding size, image size and normalisation,
+context length, the vocabulary's sha256, the logit scale, each tower's file
+(with its sha256), precision, input and output names, the source checkpoint's
+sha256 and the parity measured against PyTorch when the bundle was written.
+
+:func:`load_bundle` checks all of it before anything runs: a missing or
+changed file, a vocabulary that is not the one the model was exported with,
+or a manifest of an unknown version is refused with a message that says what
+is wrong and what to do.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+from PIL import Image
+
+from runtime.errors import CnClipError, ConfigError
+from runtime.images import PreprocessConfig, load_image, preprocess_batch
+from runtime.sessions import EncoderSession, open_session
+from runtime.tokenizer import ChineseTokenizer
+
+FORMAT = "cnclip-bundle"
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+
+
+class BundleError(CnClipError):
+    """A model bundle that is missing, incomplete, corrupted or inconsistent."""
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+@dataclass(frozen=True)
+class TowerSpec:
+    file: str
+    sha256: str
+    input: str
+    output: str
+    precision: str
+
+
+def _tower(manifest: dict[str, Any], name: str, where: Path) -> TowerSpec:
+    try:
+        raw = manifest["towers"][name]
+        return TowerSpec(
+            file=str(raw["file"]),
+            sha256=str(raw["sha256"]),
+            input=str(raw["input"]),
+            output=str(raw["output"]),
+            precision=str(raw["precision"]),
+        )
+    except (KeyError, TypeError) as exc:
+        raise BundleError(f"{where}: the manifest lacks the {name} tower ({exc})") from exc
+
+
+def read_manifest(directory: str | Path) -> dict[str, Any]:
+    """The parsed and version-checked ``manifest.json`` of a bundle directory."""
+    path = Path(directory)
+    manifest_path = path / MANIFEST
+    if not path.is_dir():
+        raise BundleError(f"{path}: not a model bundle directory (write one with cnclip export)")
+    try:
+        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+    except FileNotFoundError as exc:
+        raise BundleError(f"{path}: no {MANIFEST}; not a model bundle") from exc
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise BundleError(f"{manifest_path}: unreadable ({exc}); export the bundle again") from exc
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        raise BundleError(f"{manifest_path}: not a {FORMAT} manifest")
+    version = manifest.get("format_version")
+    if not isinstance(version, int) or version > FORMAT_VERSION:
+        raise BundleError(
+            f"{manifest_path}: bundle format version {version!r} is newer than this cnclip "
+            f"reads ({FORMAT_VERSION}); upgrade cnclip"
+        )
+    return manifest
+
+
+class Bundle:
+    """A loaded bundle: tokenizer, preprocessing and the two encoder sessions.
+
+    ``encode_texts(texts)`` and ``encode_images(images)`` return L2-normalized
+    float32 ``[n, embed_dim]`` rows.
+    """
+
+    def __init__(
+        self,
+        directory: Path,
+        manifest: dict[str, Any],
+        text: EncoderSession,
+        image: EncoderSession,
+        tokenizer: ChineseTokenizer,
+    ) -> None:
+        self.directory = directory
+        self.manifest = manifest
+        self.text_session = text
+        self.image_session = image
+        self.tokenizer = tokenizer
+        image_cfg = manifest["image"]
+        self.preprocess_config = PreprocessConfig(
+            image_size=int(image_cfg["size"]),
+            mean=tuple(image_cfg["mean"]),
+            std=tuple(image_cfg["std"]),
+        )
+
+    @property
+    def embed_dim(self) -> int:
+        return int(self.manifest["embed_dim"])
+
+    @property
+    def logit_scale(self) -> float:
+        """The exponentiated scale: zero-shot logits are ``logit_scale * cosine``."""
+        return float(self.manifest["logit_scale"])
+
+    @property
+    def sha256(self) -> str:
+        """The manifest's sha256: names this exact bundle (caches, index versions)."""
+        return file_sha256(self.directory / MANIFEST)
+
+    def encode_token_ids(self, ids: npt.NDArray[np.int64]) -> npt.NDArray[np.float32]:
+        return self.text_session.run(np.ascontiguousarray(ids, dtype=np.int64))
+
+    def encode_texts(self, texts: Sequence[str]) -> npt.NDArray[np.float32]:
+        """Texts -> ``[n, d]``; rows are padded to the longest text, not to 52 tokens."""
+        if not texts:
+            return np.zeros((0, self.embed_dim), dtype=np.float32)
+        ids = self.tokenizer(list(texts), pad_to="longest").ids
+        return self.encode_token_ids(ids)
+
+    def encode_pixels(self, pixels: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
+        return self.image_session.run(np.ascontiguousarray(pixels, dtype=np.float32))
+
+    def encode_images(
+        self, images: Sequence[Image.Image | str | Path | bytes]
+    ) -> npt.NDArray[np.float32]:
+        """Decoded images, paths or encoded bytes -> ``[n, d]``."""
+        if not images:
+            return np.zeros((0, self.embed_dim), dtype=np.float32)
+        decoded = [
+            item
+            if isinstance(item, Image.Image)
+            else load_image(item, max_pixels=self.preprocess_config.max_pixels)
+            for item in images
+        ]
+        return self.encode_pixels(preprocess_batch(decoded, self.preprocess_config))
+
+
+def load_bundle(
+    directory: str | Path, *, backend: str = "onnxruntime", threads: int | None = None
+) -> Bundle:
+    """Check a bundle completely, then open its sessions on ``backend``.
+
+    Raises:
+        BundleError: missing, changed or foreign files, an unknown format version.
+        ConfigError: an unknown backend, or one that is not installed.
+    """
+    path = Path(directory)
+    manifest = read_manifest(path)
+    towers = {name: _tower(manifest, name, path) for name in ("text", "image")}
+    for name, tower in towers.items():
+        file = path / tower.file
+        if not file.is_file():
+            raise BundleError(f"{path}: the {name} tower {tower.file} is missing")
+        if file_sha256(file) != tower.sha256:
+            raise BundleError(
+                f"{file}: sha256 differs from the manifest (corrupted or replaced); "
+                "export the bundle again"
+            )
+    try:
+        vocab = path / str(manifest["tokenizer"]["vocab"])
+        wanted_vocab = str(manifest["tokenizer"]["vocab_sha256"])
+        context_length = int(manifest["context_length"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise BundleError(f"{path}: the manifest's tokenizer entry is incomplete ({exc})") from exc
+    if not vocab.is_file():
+        raise BundleError(f"{path}: the vocabulary {vocab.name} is missing")
+    tokenizer = ChineseTokenizer(vocab, context_length=context_length)
+    if tokenizer.vocab_sha256 != wanted_vocab:
+        raise BundleError(
+            f"{vocab}: not the vocabulary the model was exported with (sha256 differs)"
+        )
+    sessions = {
+        name: open_session(path / tower.file, tower.input, tower.output, backend, threads)
+        for name, tower in towers.items()
+    }
+    try:
+        return Bundle(path, manifest, sessions["text"], sessions["image"], tokenizer)
+    except (KeyError, TypeError, ValueError, ConfigError) as exc:
+        raise BundleError(f"{path}: the manifest's image entry is invalid ({exc})") from exc

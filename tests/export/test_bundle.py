@@ -1,0 +1,180 @@
+"""Export to a verified bundle, refusal of broken ones, and torch-free loading."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from export.bundle import export_bundle
+from export.verify import VerificationError, check_parity
+from runtime.bundle import BundleError, load_bundle
+from runtime.tokenizer import default_tokenizer
+from tests.conftest import ROOT, tiny_config
+from trainer.model import build_model
+
+PHOTO = "coco-photos/000000005082.jpg"
+
+
+@pytest.fixture(scope="module")
+def bundles(tmp_path_factory: pytest.TempPathFactory) -> dict[tuple[str, str], Path]:
+    from tests.conftest import data_root
+
+    out: dict[tuple[str, str], Path] = {}
+    base = tmp_path_factory.mktemp("bundles")
+    for family in ("vit", "resnet"):
+        for precision in ("fp32", "int8"):
+            torch.manual_seed(0)
+            model = build_model(tiny_config(family))
+            path = base / f"{family}-{precision}"
+            export_bundle(model, path, precision=precision, verify_data=data_root())
+            out[(family, precision)] = path
+    return out
+
+
+@pytest.mark.parametrize("family", ["vit", "resnet"])
+@pytest.mark.parametrize(("precision", "threshold"), [("fp32", 0.9999), ("int8", 0.99)])
+def test_bundle_matches_pytorch(
+    bundles: dict[tuple[str, str], Path],
+    data_dir: Path,
+    family: str,
+    precision: str,
+    threshold: float,
+) -> None:
+    path = bundles[(family, precision)]
+    manifest = json.loads((path / "manifest.json").read_text(encoding="utf-8"))
+    assert manifest["precision"] == precision and manifest["embed_dim"] == 32
+    assert manifest["parity"]["texts"] >= 50 and manifest["parity"]["images"] == 14
+    assert manifest["parity"]["text_min_cosine"] >= threshold
+    bundle = load_bundle(path)
+    torch.manual_seed(0)
+    model = build_model(tiny_config(family)).eval()
+    texts = ["红色的杯子", "一群人围坐在桌边吃饭", "踢足球的人"]
+    ids = default_tokenizer()(texts, pad_to="longest").ids
+    with torch.no_grad():
+        ref = model.encode_text(torch.from_numpy(ids)).numpy()
+    got = bundle.encode_texts(texts)
+    assert got.shape == (3, 32) and got.dtype == np.float32
+    assert (ref * got).sum(axis=1).min() >= threshold
+    image = bundle.encode_images([data_dir / PHOTO])
+    assert image.shape == (1, 32)
+    assert bundle.logit_scale == pytest.approx(float(model.logit_scale.detach().exp()))
+
+
+def test_a_graph_that_differs_is_refused_and_nothing_is_written(
+    tmp_path: Path, data_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import export.bundle as bundle_module
+    from export.onnx_export import export_text
+
+    torch.manual_seed(1)
+    other = build_model(tiny_config("vit"))
+    # The text graph comes from another model: the verification must catch it.
+    monkeypatch.setattr(bundle_module, "export_text", lambda model, path: export_text(other, path))
+    torch.manual_seed(0)
+    with pytest.raises(VerificationError, match="text cosine"):
+        export_bundle(build_model(tiny_config("vit")), tmp_path / "b", verify_data=data_dir)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_check_parity_thresholds() -> None:
+    good = {
+        "text_min_cosine": 0.995,
+        "image_min_cosine": 0.999,
+        "text_top10_agreement": 1.0,
+        "image_top10_agreement": 1.0,
+    }
+    check_parity(good, "int8")
+    with pytest.raises(VerificationError, match="fp32"):
+        check_parity(good, "fp32")
+    with pytest.raises(VerificationError, match="neighbours"):
+        check_parity({**good, "image_top10_agreement": 0.5}, "int8")
+
+
+def test_corrupted_or_mismatched_bundles_are_refused(
+    bundles: dict[tuple[str, str], Path], tmp_path: Path
+) -> None:
+    def copy() -> Path:
+        target = tmp_path / f"b{len(list(tmp_path.iterdir()))}"
+        shutil.copytree(bundles[("vit", "fp32")], target)
+        return target
+
+    broken = copy()
+    data = bytearray((broken / "text.onnx").read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    (broken / "text.onnx").write_bytes(bytes(data))
+    with pytest.raises(BundleError, match="sha256 differs"):
+        load_bundle(broken)
+
+    missing = copy()
+    (missing / "image.onnx").unlink()
+    with pytest.raises(BundleError, match="image tower image.onnx is missing"):
+        load_bundle(missing)
+
+    vocab = copy()
+    with (vocab / "vocab.txt").open("a", encoding="utf-8") as handle:
+        handle.write("[extra]\n")
+    with pytest.raises(BundleError, match="not the vocabulary"):
+        load_bundle(vocab)
+
+    newer = copy()
+    manifest = json.loads((newer / "manifest.json").read_text(encoding="utf-8"))
+    manifest["format_version"] = 99
+    (newer / "manifest.json").write_text(json.dumps(manifest), encoding="utf-8")
+    with pytest.raises(BundleError, match="upgrade cnclip"):
+        load_bundle(newer)
+
+    with pytest.raises(BundleError, match="not a model bundle"):
+        load_bundle(tmp_path / "nothing")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(BundleError, match="no manifest.json"):
+        load_bundle(tmp_path / "empty")
+
+
+def test_a_bundle_loads_and_embeds_without_torch(
+    bundles: dict[tuple[str, str], Path], data_dir: Path
+) -> None:
+    script = f"""
+import sys
+sys.modules["torch"] = None  # any import of torch now fails
+from runtime.bundle import load_bundle
+b = load_bundle({str(bundles[("resnet", "int8")])!r})
+t = b.encode_texts(["红色的杯子"])
+i = b.encode_images([{str(data_dir / PHOTO)!r}])
+print(t.shape, i.shape, "torch" in sys.modules and sys.modules["torch"] is not None)
+"""
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.strip() == "(1, 32) (1, 32) False"
+
+
+def test_cli_export_then_embed_with_the_bundle(tmp_path: Path, data_dir: Path) -> None:
+    from cnclip.cli import main
+    from trainer.checkpoints import save_checkpoint
+
+    torch.manual_seed(0)
+    model = build_model(tiny_config("vit"))
+    ckpt = save_checkpoint(model, tmp_path / "tiny.pt")
+    out = tmp_path / "bundle"
+    args = ["export", "--model", str(ckpt), "--out", str(out), "--verify-data", str(data_dir)]
+    assert main([*args, "-q"]) == 0
+    manifest = json.loads((out / "manifest.json").read_text(encoding="utf-8"))
+    assert manifest["source"]["checkpoint"] == "tiny.pt" and len(manifest["source"]["sha256"]) == 64
+    assert main([*args, "-q"]) == 2  # exists: refused without --overwrite
+    vectors = tmp_path / "v.npy"
+    assert (
+        main(["embed", "--model", str(out), "--text", "红色的杯子", "--out", str(vectors), "-q"])
+        == 0
+    )
+    with torch.no_grad():
+        ids = torch.from_numpy(default_tokenizer()(["红色的杯子"], pad_to="longest").ids)
+        ref = model.eval().encode_text(ids).numpy()
+    np.testing.assert_allclose(np.load(vectors), ref, atol=1e-5)
