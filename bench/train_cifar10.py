@@ -19,8 +19,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
-import os
-import platform
 import shutil
 import subprocess
 import sys
@@ -28,19 +26,11 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from bench.machine import describe  # noqa: E402
+
 RECIPE = "trainer/recipes/cifar10-tiny.yaml"
-
-
-def _machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{cpu}, {os.cpu_count()} CPUs, Python {platform.python_version()}"
 
 
 def _stage_summary(lines: list[dict[str, object]], stage: str) -> dict[str, object]:
@@ -87,7 +77,7 @@ def main() -> int:
             "# Tiny CIFAR-10 recipe: zero-shot accuracy after training from scratch",
             "",
             f"- command: `.venv/bin/python bench/train_cifar10.py` (runs `{shown}`)",
-            f"- machine: {_machine()}",
+            f"- machine: {describe()}",
             f"- date: {datetime.date.today().isoformat()}",
             f"- whole command wall time (start-up, data indexing, both stages, validations, "
             f"checkpoints): {wall / 60:.1f} min",
