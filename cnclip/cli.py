@@ -104,35 +104,27 @@ def _cmd_embed(args: argparse.Namespace) -> int:
     progress = not args.quiet and sys.stderr.isatty()
     if (Path(args.model) / "manifest.json").is_file():
         vectors, name = _embed_with_bundle(args, texts)
-        _write_npy_atomically(vectors, out)
-        if not args.quiet:
-            kind = "texts" if texts is not None else "images"
-            print(
-                f"wrote {count} x {vectors.shape[1]} float32 embeddings of {kind} "
-                f"({name} bundle) to {out}",
-                file=sys.stderr,
-            )
-        return 0
-
-    from trainer.embed import DEFAULT_IMAGE_BATCH, DEFAULT_TEXT_BATCH, Embedder
-
-    embedder = Embedder.from_checkpoint(
-        args.model, args.arch, device=args.device, max_pixels=args.max_pixels
-    )
-    if texts is not None:
-        vectors = embedder.embed_texts(
-            texts, batch_size=args.batch_size or DEFAULT_TEXT_BATCH, progress=progress
-        )
+        name += " bundle"
     else:
-        vectors = embedder.embed_images(
-            args.images, batch_size=args.batch_size or DEFAULT_IMAGE_BATCH, progress=progress
+        from trainer.embed import DEFAULT_IMAGE_BATCH, DEFAULT_TEXT_BATCH, Embedder
+
+        embedder = Embedder.from_checkpoint(
+            args.model, args.arch, device=args.device, max_pixels=args.max_pixels
         )
+        name = embedder.model.config.name
+        if texts is not None:
+            vectors = embedder.embed_texts(
+                texts, batch_size=args.batch_size or DEFAULT_TEXT_BATCH, progress=progress
+            )
+        else:
+            vectors = embedder.embed_images(
+                args.images, batch_size=args.batch_size or DEFAULT_IMAGE_BATCH, progress=progress
+            )
     _write_npy_atomically(vectors, out)
     if not args.quiet:
         kind = "texts" if texts is not None else "images"
         print(
-            f"wrote {count} x {vectors.shape[1]} float32 embeddings of {kind} "
-            f"({embedder.model.config.name}) to {out}",
+            f"wrote {count} x {vectors.shape[1]} float32 embeddings of {kind} ({name}) to {out}",
             file=sys.stderr,
         )
     return 0

@@ -52,6 +52,19 @@ def verification_inputs(data_dir: Path) -> tuple[list[str], list[Path]]:
     return captions, photos
 
 
+def _tower_entry(
+    path: Path, input_name: str, output_name: str, precision: str, *dynamic: str
+) -> dict[str, Any]:
+    return {
+        "file": path.name,
+        "sha256": file_sha256(path),
+        "input": input_name,
+        "output": output_name,
+        "precision": precision,
+        "dynamic_axes": {input_name: ["batch", *dynamic]},
+    }
+
+
 def _manifest(
     model: ChineseCLIP,
     tokenizer: ChineseTokenizer,
@@ -79,22 +92,8 @@ def _manifest(
         "logit_scale": float(model.logit_scale.detach().exp()),
         "precision": precision,
         "towers": {
-            "text": {
-                "file": files["text"].name,
-                "sha256": file_sha256(files["text"]),
-                "input": TEXT_INPUT,
-                "output": TEXT_OUTPUT,
-                "precision": precision,
-                "dynamic_axes": {TEXT_INPUT: ["batch", "sequence"]},
-            },
-            "image": {
-                "file": files["image"].name,
-                "sha256": file_sha256(files["image"]),
-                "input": IMAGE_INPUT,
-                "output": IMAGE_OUTPUT,
-                "precision": precision,
-                "dynamic_axes": {IMAGE_INPUT: ["batch"]},
-            },
+            "text": _tower_entry(files["text"], TEXT_INPUT, TEXT_OUTPUT, precision, "sequence"),
+            "image": _tower_entry(files["image"], IMAGE_INPUT, IMAGE_OUTPUT, precision),
         },
         "source": {
             "checkpoint": None if source is None else source.name,
