@@ -236,9 +236,10 @@ def _add_export_command(sub: Any) -> None:
     export.add_argument("--precision", choices=["fp32", "int8"], default="fp32")
     export.add_argument(
         "--verify-data",
-        default=os.environ.get("CNCLIP_DATA_DIR", "../shared/data"),
-        help="folder with coco-photos/ and coco-cn-captions.txt "
-        "(default: $CNCLIP_DATA_DIR or ../shared/data)",
+        default=os.environ.get("CNCLIP_DATA_DIR"),
+        help="folder with real photos (coco-photos/*.jpg) and sentences "
+        "(coco-cn-captions.txt) to verify on (default: $CNCLIP_DATA_DIR; without it, "
+        "the sentences and drawings that ship with cnclip)",
     )
     export.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     export.add_argument("-q", "--quiet", action="store_true", help="no summary")

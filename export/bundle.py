@@ -16,6 +16,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from PIL import Image
+
 from export.onnx_export import (
     IMAGE_INPUT,
     IMAGE_OUTPUT,
@@ -25,6 +27,7 @@ from export.onnx_export import (
     export_text,
     quantize_int8,
 )
+from export.samples import builtin_pictures, builtin_sentences
 from export.verify import check_parity, measure_parity, verification_set
 from runtime.bundle import FORMAT, FORMAT_VERSION, MANIFEST, file_sha256
 from runtime.errors import ConfigError, DataError
@@ -38,8 +41,17 @@ from trainer.model import ChineseCLIP
 PRECISIONS = ("fp32", "int8")
 
 
-def verification_inputs(data_dir: Path) -> tuple[list[str], list[Path]]:
-    """Real sentences (``coco-cn-captions.txt``) and photos (``coco-photos/*.jpg``)."""
+def verification_inputs(
+    data_dir: Path | None,
+) -> tuple[list[str], list[Path] | list[Image.Image], str]:
+    """Sentences and pictures to verify on, and what they are.
+
+    With ``data_dir``: real sentences (``coco-cn-captions.txt``) and photos
+    (``coco-photos/*.jpg``); without: the set that ships with cnclip
+    (:mod:`export.samples`).
+    """
+    if data_dir is None:
+        return builtin_sentences(), builtin_pictures(), "built-in sentences and drawings"
     captions_path = data_dir / "coco-cn-captions.txt"
     photos = sorted((data_dir / "coco-photos").glob("*.jpg"))
     if not captions_path.is_file() or not photos:
@@ -49,7 +61,7 @@ def verification_inputs(data_dir: Path) -> tuple[list[str], list[Path]]:
         )
     lines = captions_path.read_text(encoding="utf-8").splitlines()
     captions = [line.split("\t", 1)[-1].strip() for line in lines if line.strip()]
-    return captions, photos
+    return captions, photos, f"{len(photos)} photos and the sentences of {data_dir}"
 
 
 def _tower_entry(
@@ -109,7 +121,7 @@ def export_bundle(
     out: str | Path,
     *,
     precision: str = "fp32",
-    verify_data: str | Path,
+    verify_data: str | Path | None = None,
     source: str | Path | None = None,
     overwrite: bool = False,
 ) -> dict[str, Any]:
@@ -124,7 +136,9 @@ def export_bundle(
     target = Path(out)
     if target.exists() and not overwrite and (not target.is_dir() or any(target.iterdir())):
         raise ConfigError(f"{target} exists; choose another --out or pass --overwrite")
-    captions, photos = verification_inputs(Path(verify_data))
+    captions, photos, verified_on = verification_inputs(
+        None if verify_data is None else Path(verify_data)
+    )
     model = model.float().eval().cpu()
     tokenizer = ChineseTokenizer(context_length=model.config.context_length)
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -146,8 +160,11 @@ def export_bundle(
         }
         image_config = PreprocessConfig(image_size=model.config.vision.image_size)
         data = verification_set(captions, photos, tokenizer, image_config)
-        parity = measure_parity(model, sessions["text"], sessions["image"], data)
+        parity: dict[str, Any] = dict(
+            measure_parity(model, sessions["text"], sessions["image"], data)
+        )
         check_parity(parity, precision)
+        parity["verified_on"] = verified_on
         manifest = _manifest(
             model, tokenizer, precision, files, None if source is None else Path(source), parity
         )

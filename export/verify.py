@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 import torch
+from PIL import Image
 
 from runtime.errors import CnClipError
 from runtime.images import PreprocessConfig, load_image, preprocess_batch
@@ -41,7 +42,7 @@ class VerificationSet:
 
 def verification_set(
     captions: Sequence[str],
-    photos: Sequence[Path],
+    photos: Sequence[Path] | Sequence[Image.Image],
     tokenizer: ChineseTokenizer,
     image_config: PreprocessConfig,
     extra_texts: int = 40,
@@ -62,7 +63,7 @@ def verification_set(
     ids = np.zeros((len(rows), tokenizer.context_length), dtype=np.int64)
     for i, row in enumerate(rows):
         ids[i, : len(row)] = row
-    images = [load_image(p) for p in photos]
+    images = [p if isinstance(p, Image.Image) else load_image(p) for p in photos]
     return VerificationSet(ids, preprocess_batch(images, image_config))
 
 

@@ -178,3 +178,16 @@ def test_cli_export_then_embed_with_the_bundle(tmp_path: Path, data_dir: Path) -
         ids = torch.from_numpy(default_tokenizer()(["红色的杯子"], pad_to="longest").ids)
         ref = model.eval().encode_text(ids).numpy()
     np.testing.assert_allclose(np.load(vectors), ref, atol=1e-5)
+
+
+def test_export_without_sample_data_verifies_on_the_built_in_set(tmp_path: Path) -> None:
+    from export.samples import builtin_pictures, builtin_sentences
+
+    assert len(builtin_sentences()) >= 20 and {p.mode for p in builtin_pictures()} >= {"L", "RGBA"}
+    longest = max(len(default_tokenizer().encode(s)) for s in builtin_sentences())
+    assert longest >= 50  # every length up to 52 tokens gets checked
+    torch.manual_seed(0)
+    manifest = export_bundle(build_model(tiny_config("resnet")), tmp_path / "b", precision="int8")
+    assert manifest["parity"]["verified_on"] == "built-in sentences and drawings"
+    assert manifest["parity"]["texts"] >= 50 and manifest["parity"]["images"] == 12
+    assert load_bundle(tmp_path / "b").encode_texts(["白色陶瓷马克杯"]).shape == (1, 32)
