@@ -47,16 +47,14 @@ def verification_set(
     image_config: PreprocessConfig,
     extra_texts: int = 40,
 ) -> VerificationSet:
-    """Rows of every piece count 1..context-2 (prefixes of the longest captions), plus
-    ``extra_texts`` whole captions, and the photos preprocessed for the model."""
+    """Rows of every piece count 1..context-2 (each a prefix of the shortest caption that
+    is long enough), plus ``extra_texts`` whole captions, and the photos preprocessed."""
     pieces = [tokenizer.encode(c) for c in captions]
-    longest = max(pieces, key=len)
+    by_length = sorted(pieces, key=len)
     limit = tokenizer.context_length - 2
     rows: list[list[int]] = []
-    donors = sorted(pieces, key=len, reverse=True)
     for length in range(1, limit + 1):
-        donor = donors[length % max(1, min(8, len(donors)))]
-        source = donor if len(donor) >= length else longest
+        source = next((p for p in by_length if len(p) >= length), by_length[-1])
         rows.append([tokenizer.cls_id, *source[:length], tokenizer.sep_id])
     step = max(1, len(pieces) // extra_texts)
     rows += [[tokenizer.cls_id, *p[:limit], tokenizer.sep_id] for p in pieces[::step][:extra_texts]]

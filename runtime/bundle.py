@@ -114,6 +114,7 @@ class Bundle:
         self.text_session = text
         self.image_session = image
         self.tokenizer = tokenizer
+        self._sha256 = file_sha256(directory / MANIFEST)
         image_cfg = manifest["image"]
         self.preprocess_config = PreprocessConfig(
             image_size=int(image_cfg["size"]),
@@ -133,7 +134,7 @@ class Bundle:
     @property
     def sha256(self) -> str:
         """The manifest's sha256: names this exact bundle (caches, index versions)."""
-        return file_sha256(self.directory / MANIFEST)
+        return self._sha256
 
     def encode_token_ids(self, ids: npt.NDArray[np.int64]) -> npt.NDArray[np.float32]:
         return self.text_session.run(np.ascontiguousarray(ids, dtype=np.int64))
