@@ -20,8 +20,6 @@ and written to ``bench/results/encoders.md``.
 from __future__ import annotations
 
 import datetime
-import json
-import os
 import statistics
 import sys
 import tempfile
@@ -35,56 +33,35 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.inputs import DATA, photo_pixels, short_queries, timed  # noqa: E402
 from bench.machine import describe  # noqa: E402
 from export.bundle import export_bundle  # noqa: E402
 from runtime.bundle import load_bundle  # noqa: E402
-from runtime.images import PreprocessConfig, load_image, preprocess_batch  # noqa: E402
 from tests.hf_reference import to_hf_model  # noqa: E402
 from trainer.configs import get_config  # noqa: E402
 from trainer.model import build_model  # noqa: E402
 
 THREADS = 2
-DATA = Path(os.environ.get("CNCLIP_DATA_DIR", ROOT.parent / "shared" / "data"))
 
 
-def _queries() -> list[str]:
-    photos = DATA / "coco-photos" / "queries.jsonl"
-    out = [json.loads(x)["query"] for x in photos.read_text(encoding="utf-8").splitlines()]
-    for line in (DATA / "coco-cn-captions.txt").read_text(encoding="utf-8").splitlines()[:400]:
-        caption = line.split("\t", 1)[-1].strip()
-        out.append(caption[: 4 + len(out) % 13])  # 4..16 characters
-    return out
-
-
-def _timed(fn: Callable[[], object], repeat: int) -> list[float]:
-    fn()  # warm-up
-    times = []
-    for _ in range(repeat):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return times
+TEXT_BATCHES = (1, 8, 64)
+IMAGE_BATCHES = (1, 4, 16)
 
 
 def _measure(
     texts_fn: Callable[[list[str]], object],
     images_fn: Callable[[np.ndarray], object],
     queries: list[str],
-    pixels16: np.ndarray,
-) -> tuple[float, float, float, float]:
-    """Query p50 (ms), texts/s at batch 64, images/s at batch 1 and at batch 16."""
-    latencies = []
-    for query in queries[:60]:
-        latencies += _timed(lambda query=query: texts_fn([query]), 1)
-    t64 = _timed(lambda: texts_fn(queries[:64]), 3)
-    i1 = _timed(lambda: images_fn(pixels16[:1]), 5)
-    i16 = _timed(lambda: images_fn(pixels16), 3)
-    return (
-        statistics.median(latencies) * 1000,
-        64 / statistics.median(t64),
-        1 / statistics.median(i1),
-        16 / statistics.median(i16),
-    )
+    pixels: np.ndarray,
+) -> dict[str, float]:
+    """Query p50 (ms), texts/s and images/s by batch size."""
+    latencies = [timed(lambda query=query: texts_fn([query]), 1) for query in queries[:60]]
+    out = {"p50": statistics.median(latencies) * 1000}
+    for size in TEXT_BATCHES:
+        out[f"t{size}"] = size / timed(lambda size=size: texts_fn(queries[:size]), 3)
+    for size in IMAGE_BATCHES:
+        out[f"i{size}"] = size / timed(lambda size=size: images_fn(pixels[:size]), 3)
+    return out
 
 
 def main() -> int:
@@ -122,17 +99,16 @@ def main() -> int:
         "bundle fp32 (ONNX Runtime)": (bundles["fp32"].encode_texts, bundles["fp32"].encode_pixels),
         "bundle int8 (ONNX Runtime)": (bundles["int8"].encode_texts, bundles["int8"].encode_pixels),
     }
-    queries = _queries()
-    photos = sorted((DATA / "coco-photos").glob("*.jpg"))
-    pixels = preprocess_batch([load_image(p) for p in photos], PreprocessConfig(image_size=224))
-    pixels16 = np.concatenate([pixels, pixels[:2]])  # 16 real photos
+    queries = short_queries()
+    pixels = photo_pixels(max(IMAGE_BATCHES))
 
     rows = []
     for name, (texts_fn, images_fn) in engines.items():
-        rows.append((name, *_measure(texts_fn, images_fn, queries, pixels16)))
+        rows.append((name, _measure(texts_fn, images_fn, queries, pixels)))
         print(rows[-1], flush=True)
 
-    base = rows[0]
+    base = rows[0][1]
+    columns = ["p50"] + [f"t{b}" for b in TEXT_BATCHES] + [f"i{b}" for b in IMAGE_BATCHES]
     lines = [
         "# Encoder speed: transformers eager vs our ONNX bundles (ViT-B-16, CPU)",
         "",
@@ -140,19 +116,21 @@ def main() -> int:
         f"- machine: {describe()}, {THREADS} threads per library, torch {torch.__version__}",
         f"- date: {datetime.date.today().isoformat()}",
         "",
-        "| engine | short query p50 (batch 1) | texts/s (batch 64) | images/s (batch 1) "
-        "| images/s (batch 16) |",
-        "| --- | ---: | ---: | ---: | ---: |",
+        "| engine | short query p50 "
+        + "".join(f"| texts/s @{b} " for b in TEXT_BATCHES)
+        + "".join(f"| images/s @{b} " for b in IMAGE_BATCHES)
+        + "|",
+        "| --- " + "| ---: " * len(columns) + "|",
     ]
-    for name, p50, tps, i1s, i16s in rows:
-        lines.append(
-            f"| {name} | {p50:.2f} ms ({base[1] / p50:.1f}x) | {tps:.0f} ({tps / base[2]:.1f}x) "
-            f"| {i1s:.1f} ({i1s / base[3]:.2f}x) | {i16s:.1f} ({i16s / base[4]:.2f}x) |"
-        )
+    for name, row in rows:
+        cells = [f"{row['p50']:.2f} ms ({base['p50'] / row['p50']:.1f}x)"]
+        cells += [f"{row[c]:.1f} ({row[c] / base[c]:.2f}x)" for c in columns[1:]]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
     lines += [
         "",
         "Query latency includes tokenization (each engine's own tokenizer) and is the "
-        "median over 60 real queries of 4-16 characters; ratios are against the baseline.",
+        "median over 60 real queries of 4-16 characters; @N is the batch size; ratios are "
+        "against the baseline.",
         "",
     ]
     table = "\n".join(lines)

@@ -18,6 +18,7 @@ from typing import Any
 
 from runtime.errors import CnClipError
 from runtime.images import DEFAULT_MAX_PIXELS
+from runtime.sessions import BACKENDS
 from trainer.configs import ARCHITECTURES
 
 EMBED_EPILOG = """\
@@ -28,8 +29,8 @@ examples:
 
 --model takes an official clip_cn_<arch>.pt, a Hugging Face ChineseCLIPModel
 directory, a checkpoint written by cnclip, or a model bundle written by
-cnclip export (ONNX Runtime on the CPU, no torch needed). The output is a float32 [n, d]
-.npy of L2-normalized rows in input order.
+cnclip export (ONNX Runtime on the CPU by default, no torch needed; --backend picks
+a GPU backend). The output is a float32 [n, d] .npy of L2-normalized rows in input order.
 """
 
 
@@ -69,15 +70,32 @@ def _write_npy_atomically(array: Any, out: Path) -> None:
         raise
 
 
+def _bundle_options(args: argparse.Namespace) -> Any:
+    """--backend, --threads and --device as the bundle's backend options."""
+    from runtime.sessions import BackendOptions
+
+    backend = args.backend or "onnxruntime"
+    device = 0
+    if args.device != "cpu":
+        if backend in ("onnxruntime", "torch-cpu"):
+            raise CnClipError(
+                f"--device {args.device} needs a GPU backend: --backend onnxruntime-cuda, "
+                "onnxruntime-tensorrt, tensorrt or torch-cuda"
+            )
+        kind, _, index = args.device.partition(":")
+        if kind != "cuda" or (index and not index.isdigit()):
+            raise CnClipError(f"--device must be cpu, cuda or cuda:N, not {args.device!r}")
+        device = int(index or 0)
+    return BackendOptions(backend=backend, threads=args.threads, device=device)
+
+
 def _embed_with_bundle(args: argparse.Namespace, texts: list[str] | None) -> Any:
     """Embed through a model bundle's ONNX towers (no torch needed)."""
     import numpy as np
 
     from runtime.bundle import load_bundle
 
-    bundle = load_bundle(args.model)
-    if args.device != "cpu":
-        raise CnClipError("a bundle runs on the CPU here (ONNX Runtime); drop --device")
+    bundle = load_bundle(args.model, options=_bundle_options(args))
     size = args.batch_size or (64 if texts is not None else 16)
     items: list[Any] = list(texts) if texts is not None else list(args.images)
     encode = bundle.encode_texts if texts is not None else bundle.encode_images
@@ -106,6 +124,8 @@ def _cmd_embed(args: argparse.Namespace) -> int:
         vectors, name = _embed_with_bundle(args, texts)
         name += " bundle"
     else:
+        if args.backend is not None or args.threads is not None:
+            raise CnClipError("--backend and --threads apply to model bundles, not checkpoints")
         from trainer.embed import DEFAULT_IMAGE_BATCH, DEFAULT_TEXT_BATCH, Embedder
 
         embedder = Embedder.from_checkpoint(
@@ -210,15 +230,26 @@ def _cmd_export(args: argparse.Namespace) -> int:
         verify_data=args.verify_data,
         source=args.model,
         overwrite=args.overwrite,
+        torch_programs=args.torch,
+        tensorrt=args.tensorrt,
+        device=args.device,
     )
     if not args.quiet:
-        parity = manifest["parity"]
+        checked = [(f"{args.precision} ONNX", manifest["parity"])]
+        if "torch" in manifest:
+            checked.append(("PyTorch", manifest["torch"]["parity"]))
+        checked += [(f"TensorRT {e['key']}", e["parity"]) for e in manifest.get("engines", [])]
         print(
             f"wrote {args.precision} bundle of {manifest['architecture'] or 'a custom model'} "
-            f"to {args.out}: min cosine text {parity['text_min_cosine']:.6f}, "
-            f"image {parity['image_min_cosine']:.6f} against PyTorch",
+            f"to {args.out}; min cosine against PyTorch:",
             file=sys.stderr,
         )
+        for name, parity in checked:
+            print(
+                f"  {name}: text {parity['text_min_cosine']:.6f}, "
+                f"image {parity['image_min_cosine']:.6f}",
+                file=sys.stderr,
+            )
     return 0
 
 
@@ -233,7 +264,26 @@ def _add_export_command(sub: Any) -> None:
     export.add_argument("--model", required=True, help="checkpoint file or directory")
     export.add_argument("--arch", choices=list(ARCHITECTURES), help="checked against the file")
     export.add_argument("--out", required=True, help="the bundle directory to write")
-    export.add_argument("--precision", choices=["fp32", "int8"], default="fp32")
+    export.add_argument(
+        "--precision",
+        choices=["fp32", "fp16", "int8"],
+        default="fp32",
+        help="of the ONNX towers: fp32 (default), fp16 (GPUs; LayerNorm, softmax and norms "
+        "stay fp32) or int8 (dynamic quantization for CPU serving)",
+    )
+    export.add_argument(
+        "--torch",
+        action="store_true",
+        help="also write torch.export programs, for the torch-cuda backend (GPUs without TensorRT)",
+    )
+    export.add_argument(
+        "--tensorrt",
+        action="store_true",
+        help="also build fp16 TensorRT engines for this machine's GPU (needs TensorRT)",
+    )
+    export.add_argument(
+        "--device", type=int, default=0, metavar="N", help="the GPU for --tensorrt (default 0)"
+    )
     export.add_argument(
         "--verify-data",
         default=os.environ.get("CNCLIP_DATA_DIR"),
@@ -329,6 +379,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--out", required=True, metavar="X.npy", help="where to write [n, d] float32"
     )
     embed.add_argument("--device", default="cpu", help="cpu (default), cuda or cuda:N")
+    embed.add_argument(
+        "--backend",
+        choices=BACKENDS,
+        help="how a bundle runs (default onnxruntime: the CPU); see runtime/sessions.py",
+    )
+    embed.add_argument(
+        "--threads", type=_positive_int, help="CPU threads for a bundle (default: all cores)"
+    )
     embed.add_argument(
         "--batch-size", type=_positive_int, help="default 64 for texts, 16 for images"
     )

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import datetime
 import json
-import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -23,22 +22,25 @@ from export.onnx_export import (
     IMAGE_OUTPUT,
     TEXT_INPUT,
     TEXT_OUTPUT,
+    convert_fp16,
     export_image,
+    export_programs,
     export_text,
+    external_data,
     quantize_int8,
 )
 from export.samples import builtin_pictures, builtin_sentences
-from export.verify import check_parity, measure_parity, verification_set
+from export.verify import VerificationSet, check_parity, measure_parity, verification_set
 from runtime.bundle import FORMAT, FORMAT_VERSION, MANIFEST, file_sha256
 from runtime.errors import ConfigError, DataError
 from runtime.images import PreprocessConfig
-from runtime.sessions import open_session
+from runtime.sessions import BackendOptions, EncoderSession, open_session
 from runtime.tokenizer import ChineseTokenizer
 from trainer.configs import find_architecture
 from trainer.data.records import replace_directory
 from trainer.model import ChineseCLIP
 
-PRECISIONS = ("fp32", "int8")
+PRECISIONS = ("fp32", "fp16", "int8")
 
 
 def verification_inputs(
@@ -67,7 +69,7 @@ def verification_inputs(
 def _tower_entry(
     path: Path, input_name: str, output_name: str, precision: str, *dynamic: str
 ) -> dict[str, Any]:
-    return {
+    entry: dict[str, Any] = {
         "file": path.name,
         "sha256": file_sha256(path),
         "input": input_name,
@@ -75,6 +77,10 @@ def _tower_entry(
         "precision": precision,
         "dynamic_axes": {input_name: ["batch", *dynamic]},
     }
+    data = external_data(path)
+    if data is not None:  # weights past protobuf's 2 GB live beside the graph
+        entry["external_data"] = {"file": data.name, "sha256": file_sha256(data)}
+    return entry
 
 
 def _manifest(
@@ -116,6 +122,87 @@ def _manifest(
     }
 
 
+def _sessions(
+    files: dict[str, Path], options: BackendOptions, profiles: dict[str, Any] | None = None
+) -> dict[str, EncoderSession]:
+    names = {"text": (TEXT_INPUT, TEXT_OUTPUT), "image": (IMAGE_INPUT, IMAGE_OUTPUT)}
+    return {
+        name: open_session(path, *names[name], options, (profiles or {}).get(name))
+        for name, path in files.items()
+    }
+
+
+def _verified(
+    model: ChineseCLIP,
+    sessions: dict[str, EncoderSession],
+    data: VerificationSet,
+    precision: str,
+    what: str,
+) -> dict[str, Any]:
+    parity: dict[str, Any] = dict(measure_parity(model, sessions["text"], sessions["image"], data))
+    check_parity(parity, precision, what)
+    return parity
+
+
+def _torch_programs(
+    model: ChineseCLIP, staging: Path, data: VerificationSet, verified_on: str
+) -> dict[str, Any]:
+    """``text.pt2`` and ``image.pt2``, verified in fp32 on the CPU."""
+    import torch
+
+    files = {"text": staging / "text.pt2", "image": staging / "image.pt2"}
+    export_programs(model, files["text"], files["image"])
+    sessions = _sessions(files, BackendOptions(backend="torch-cpu"))
+    parity = _verified(model, sessions, data, "fp32", "PyTorch program")
+    parity["verified_on"] = verified_on
+    parity["verified_with"] = "PyTorch fp32 on the CPU"
+    return {
+        "torch_version": torch.__version__,
+        "towers": {
+            name: {"file": path.name, "sha256": file_sha256(path)} for name, path in files.items()
+        },
+        "parity": parity,
+    }
+
+
+def _tensorrt_engines(
+    model: ChineseCLIP,
+    onnx_files: dict[str, Path],
+    staging: Path,
+    data: VerificationSet,
+    device: int,
+) -> dict[str, Any]:
+    """fp16 engines for this GPU model and TensorRT version, verified on this GPU."""
+    from runtime.tensorrt import build_engine, current_engine_key, image_profile, text_profile
+
+    key = current_engine_key(device)
+    profiles = {
+        "text": text_profile(model.config.context_length),
+        "image": image_profile(model.config.vision.image_size),
+    }
+    folder = staging / "engines" / key
+    folder.mkdir(parents=True)
+    files = {name: folder / f"{name}.plan" for name in onnx_files}
+    for name, source in onnx_files.items():
+        build_engine(source, files[name], profiles[name], fp16=True)
+    sessions = _sessions(files, BackendOptions(backend="tensorrt", device=device), profiles)
+    parity = _verified(model, sessions, data, "fp16", "TensorRT engine")
+    parity["verified_with"] = f"TensorRT on GPU {device}"
+    return {
+        "key": key,
+        "precision": "fp16",
+        "towers": {
+            name: {
+                "file": str(path.relative_to(staging)),
+                "sha256": file_sha256(path),
+                "profile": profiles[name].to_dict(),
+            }
+            for name, path in files.items()
+        },
+        "parity": parity,
+    }
+
+
 def export_bundle(
     model: ChineseCLIP,
     out: str | Path,
@@ -124,50 +211,72 @@ def export_bundle(
     verify_data: str | Path | None = None,
     source: str | Path | None = None,
     overwrite: bool = False,
+    torch_programs: bool = False,
+    tensorrt: bool = False,
+    device: int = 0,
 ) -> dict[str, Any]:
     """Export, verify and write a bundle; returns its manifest.
 
+    ``precision`` is that of the ONNX towers (fp32, fp16 or int8).
+    ``torch_programs`` adds the ``torch.export`` programs the torch-cuda backend
+    runs; ``tensorrt`` adds fp16 TensorRT engines for the GPU ``device`` (needs
+    TensorRT and that GPU here). Every file is verified against PyTorch before
+    the bundle is written.
+
     Raises:
-        VerificationError: the graphs miss the precision's parity thresholds.
-        ConfigError: an unknown precision, or ``out`` exists (without ``overwrite``).
+        VerificationError: a tower misses its precision's parity thresholds.
+        ConfigError: an unknown precision, ``out`` exists (without ``overwrite``),
+            or TensorRT was asked for on a machine without it.
     """
     if precision not in PRECISIONS:
         raise ConfigError(f"precision must be one of {', '.join(PRECISIONS)}, not {precision!r}")
     target = Path(out)
     if target.exists() and not overwrite and (not target.is_dir() or any(target.iterdir())):
         raise ConfigError(f"{target} exists; choose another --out or pass --overwrite")
+    if tensorrt:
+        from runtime.tensorrt import current_engine_key
+
+        current_engine_key(device)  # no TensorRT or no GPU: say so before any work
     captions, photos, verified_on = verification_inputs(
         None if verify_data is None else Path(verify_data)
     )
     model = model.float().eval().cpu()
     tokenizer = ChineseTokenizer(context_length=model.config.context_length)
+    image_config = PreprocessConfig(image_size=model.config.vision.image_size)
+    data = verification_set(captions, photos, tokenizer, image_config)
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
     try:
         files = {"text": staging / "text.onnx", "image": staging / "image.onnx"}
-        export_text(model, files["text"])
-        export_image(model, files["image"])
-        if precision == "int8":
-            for name, path in files.items():
-                fp32 = path.with_name(f"{name}.fp32.onnx")
-                os.replace(path, fp32)
-                quantize_int8(fp32, path)
-                fp32.unlink()
-        shutil.copyfile(tokenizer.vocab_path, staging / "vocab.txt")
-        sessions = {
-            "text": open_session(files["text"], TEXT_INPUT, TEXT_OUTPUT, "onnxruntime"),
-            "image": open_session(files["image"], IMAGE_INPUT, IMAGE_OUTPUT, "onnxruntime"),
-        }
-        image_config = PreprocessConfig(image_size=model.config.vision.image_size)
-        data = verification_set(captions, photos, tokenizer, image_config)
-        parity: dict[str, Any] = dict(
-            measure_parity(model, sessions["text"], sessions["image"], data)
+        fp32 = (
+            files
+            if precision == "fp32"
+            else {name: staging / f"{name}.fp32.onnx" for name in files}
         )
-        check_parity(parity, precision)
+        export_text(model, fp32["text"])
+        export_image(model, fp32["image"])
+        for name, path in files.items():
+            if precision == "fp16":
+                convert_fp16(fp32[name], path)
+            elif precision == "int8":
+                quantize_int8(fp32[name], path)
+        shutil.copyfile(tokenizer.vocab_path, staging / "vocab.txt")
+        parity = _verified(
+            model, _sessions(files, BackendOptions()), data, precision, f"{precision} ONNX graph"
+        )
         parity["verified_on"] = verified_on
+        parity["verified_with"] = "onnxruntime on the CPU"
         manifest = _manifest(
             model, tokenizer, precision, files, None if source is None else Path(source), parity
         )
+        if torch_programs:
+            manifest["torch"] = _torch_programs(model, staging, data, verified_on)
+        if tensorrt:
+            manifest["engines"] = [_tensorrt_engines(model, fp32, staging, data, device)]
+        for path in fp32.values():
+            if path not in files.values():
+                path.unlink()
+                path.with_name(path.name + ".data").unlink(missing_ok=True)
         (staging / MANIFEST).write_text(
             json.dumps(manifest, ensure_ascii=False, indent=2) + "\n", encoding="utf-8"
         )

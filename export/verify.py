@@ -128,7 +128,7 @@ def measure_parity(
     }
 
 
-def check_parity(parity: dict[str, float | int], precision: str) -> None:
+def check_parity(parity: dict[str, float | int], precision: str, what: str | None = None) -> None:
     """Raise :class:`VerificationError` when a tower misses the precision's thresholds."""
     threshold = THRESHOLDS[precision]
     problems = []
@@ -143,6 +143,6 @@ def check_parity(parity: dict[str, float | int], precision: str) -> None:
             )
     if problems:
         raise VerificationError(
-            f"the {precision} export does not match PyTorch ({'; '.join(problems)}); "
+            f"the {what or precision + ' export'} does not match PyTorch ({'; '.join(problems)}); "
             "no bundle was written"
         )

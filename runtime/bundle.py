@@ -1,6 +1,9 @@
 """Model bundles: a self-describing directory the index and the service read, without torch.
 
-A bundle holds ``manifest.json``, ``text.onnx``, ``image.onnx`` and ``vocab.txt``.
+A bundle holds ``manifest.json``, ``text.onnx``, ``image.onnx`` and ``vocab.txt``;
+optionally ``text.pt2``/``image.pt2`` (``torch.export`` programs for the
+torch-cuda backend) and ``engines/<gpu>_trt<version>/`` (TensorRT engines built
+at export time on that GPU model and TensorRT version).
 The manifest records everything needed to use the towers exactly as the model
 was trained: architecture, embedding size, image size and normalisation,
 context length, the vocabulary's sha256, the logit scale, each tower's file
@@ -10,11 +13,12 @@ sha256 and the parity measured against PyTorch when the bundle was written.
 :func:`load_bundle` checks all of it before anything runs: a missing or
 changed file, a vocabulary that is not the one the model was exported with,
 or a manifest of an unknown version is refused with a message that says what
-is wrong and what to do.
+is wrong and what to do. Only the files the chosen backend runs are hashed.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 from collections.abc import Sequence
@@ -28,7 +32,13 @@ from PIL import Image
 
 from runtime.errors import CnClipError, ConfigError
 from runtime.images import PreprocessConfig, load_image, preprocess_batch
-from runtime.sessions import EncoderSession, open_session
+from runtime.sessions import (
+    ONNX_BACKENDS,
+    TORCH_BACKENDS,
+    BackendOptions,
+    EncoderSession,
+    open_session,
+)
 from runtime.tokenizer import ChineseTokenizer
 
 FORMAT = "cnclip-bundle"
@@ -164,10 +174,96 @@ class Bundle:
         return self.encode_pixels(preprocess_batch(decoded, self.preprocess_config))
 
 
+def _checked(path: Path, entry: dict[str, Any], what: str) -> Path:
+    """``entry['file']`` inside ``path``, present and with the manifest's sha256."""
+    try:
+        file = path / str(entry["file"])
+        wanted = str(entry["sha256"])
+    except (KeyError, TypeError) as exc:
+        raise BundleError(f"{path}: the manifest's {what} entry is incomplete ({exc})") from exc
+    if not file.is_file():
+        raise BundleError(f"{path}: the {what} {file.name} is missing")
+    if file_sha256(file) != wanted:
+        raise BundleError(
+            f"{file}: sha256 differs from the manifest (corrupted or replaced); "
+            "export the bundle again"
+        )
+    return file
+
+
+def _checked_graph(path: Path, manifest: dict[str, Any], name: str, tower: TowerSpec) -> Path:
+    """A tower's ONNX graph, and its external weights file when it has one, both checked."""
+    data = manifest["towers"][name].get("external_data")
+    if data is not None:
+        _checked(path, data, f"{name} tower's weights")
+    return _checked(path, vars(tower), f"{name} tower")
+
+
+def _profiles(manifest: dict[str, Any]) -> dict[str, Any]:
+    from runtime.tensorrt import image_profile, text_profile
+
+    return {
+        "text": text_profile(int(manifest["context_length"])),
+        "image": image_profile(int(manifest["image"]["size"])),
+    }
+
+
+def _tower_files(
+    path: Path, manifest: dict[str, Any], towers: dict[str, TowerSpec], options: BackendOptions
+) -> dict[str, Path]:
+    """The file each tower runs from on ``options.backend``, checked against the manifest."""
+    if options.backend in ONNX_BACKENDS:
+        return {name: _checked_graph(path, manifest, name, t) for name, t in towers.items()}
+    if options.backend in TORCH_BACKENDS:
+        programs = manifest.get("torch")
+        if not isinstance(programs, dict):
+            raise BundleError(
+                f"{path}: this bundle has no PyTorch programs for backend {options.backend}; "
+                "export it with cnclip export --torch"
+            )
+        return {
+            name: _checked(path, programs.get("towers", {}).get(name), f"PyTorch {name} program")
+            for name in towers
+        }
+    if manifest.get("precision") == "int8":
+        raise ConfigError(
+            f"{path}: TensorRT runs fp32 and fp16 bundles; this one is int8 (for the CPU)"
+        )
+    from runtime.tensorrt import cached_engine, current_engine_key, default_cache_dir
+
+    key = current_engine_key(options.device)
+    for engine in manifest.get("engines", []):
+        if isinstance(engine, dict) and engine.get("key") == key:
+            return {
+                name: _checked(path, engine.get("towers", {}).get(name), f"TensorRT {name} engine")
+                for name in towers
+            }
+    # No engine for this GPU and TensorRT: build one from the ONNX graph, once per machine.
+    cache = options.cache_dir or default_cache_dir()
+    return {
+        name: cached_engine(
+            _checked_graph(path, manifest, name, t),
+            t.sha256,
+            options.profiles[name],
+            cache,
+            name,
+            device=options.device,
+        )
+        for name, t in towers.items()
+    }
+
+
 def load_bundle(
-    directory: str | Path, *, backend: str = "onnxruntime", threads: int | None = None
+    directory: str | Path,
+    *,
+    backend: str = "onnxruntime",
+    threads: int | None = None,
+    options: BackendOptions | None = None,
 ) -> Bundle:
-    """Check a bundle completely, then open its sessions on ``backend``.
+    """Check a bundle, then open its sessions on a backend.
+
+    ``options`` (a :class:`runtime.sessions.BackendOptions`) says everything about
+    the backend; ``backend`` and ``threads`` are the short form for the CPU.
 
     Raises:
         BundleError: missing, changed or foreign files, an unknown format version.
@@ -176,15 +272,6 @@ def load_bundle(
     path = Path(directory)
     manifest = read_manifest(path)
     towers = {name: _tower(manifest, name, path) for name in ("text", "image")}
-    for name, tower in towers.items():
-        file = path / tower.file
-        if not file.is_file():
-            raise BundleError(f"{path}: the {name} tower {tower.file} is missing")
-        if file_sha256(file) != tower.sha256:
-            raise BundleError(
-                f"{file}: sha256 differs from the manifest (corrupted or replaced); "
-                "export the bundle again"
-            )
     try:
         vocab = path / str(manifest["tokenizer"]["vocab"])
         wanted_vocab = str(manifest["tokenizer"]["vocab_sha256"])
@@ -198,8 +285,19 @@ def load_bundle(
         raise BundleError(
             f"{vocab}: not the vocabulary the model was exported with (sha256 differs)"
         )
+    options = options or BackendOptions(backend=backend, threads=threads)
+    gpu = options.backend in ("tensorrt", "onnxruntime-tensorrt")
+    if gpu and not options.profiles:
+        try:
+            profiles = _profiles(manifest)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise BundleError(f"{path}: the manifest's image entry is invalid ({exc})") from exc
+        options = dataclasses.replace(options, profiles=profiles)
+    files = _tower_files(path, manifest, towers, options)
     sessions = {
-        name: open_session(path / tower.file, tower.input, tower.output, backend, threads)
+        name: open_session(
+            files[name], tower.input, tower.output, options, options.profiles.get(name)
+        )
         for name, tower in towers.items()
     }
     try:
