@@ -412,6 +412,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.set_defaults(handler=train_main.run)
     _add_data_commands(sub)
     _add_export_command(sub)
+    from cnclip.index_cli import add_index_commands
+
+    add_index_commands(sub)
     return parser
 
 

@@ -1,0 +1,341 @@
+"""Build index versions from embeddings: choose, train, add, measure, write.
+
+:func:`build_version` takes unit float32 vectors and their item ids (and optionally
+each item's catalog record, and a text corpus), picks the index
+(:mod:`index.factory`) unless a factory string is given, trains it on a seeded
+sample, adds every vector with its row as the FAISS id, then measures recall against
+exact search on held-out queries and tunes ``nprobe`` (or ``efSearch``) to the
+smallest setting that reaches the target (:mod:`index.evaluate`). Everything lands
+in a new version directory that replaces nothing until it is complete
+(:mod:`index.versions`).
+
+Held-out queries: ``queries`` when given; otherwise 1,000 catalog vectors, each
+searched with itself left out of the answers (see :func:`measure`).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import faiss
+import numpy as np
+import numpy.typing as npt
+from tqdm import tqdm
+
+from index.evaluate import bitmap_selector, drop_ids, exact_qps, exact_search, tune
+from index.factory import IndexChoice, choose_index
+from index.store import IDS, ITEMS, create_store, write_ids
+from index.versions import (
+    DELETED,
+    FORMAT,
+    FORMAT_VERSION,
+    INDEX,
+    TEXTS,
+    VECTORS,
+    new_version,
+    now,
+    switch,
+    write_manifest,
+)
+from runtime.errors import ConfigError, DataError
+
+ADD_CHUNK = 65_536
+EVAL_QUERIES = 1_000
+
+
+@dataclass
+class Corpus:
+    """Vectors with their ids and (optionally) catalog records, for one index."""
+
+    vectors: npt.NDArray[np.float32]
+    ids: Sequence[str]
+    items: Sequence[Mapping[str, Any]] | None = None
+
+
+def read_records(path: Path, text_key: str | None = None) -> dict[str, dict[str, Any]]:
+    """``{id: record}`` of a jsonl file of objects with a string ``id`` (and ``text_key``)."""
+    out: dict[str, dict[str, Any]] = {}
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise DataError(f"{path}: cannot read it ({exc})") from exc
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise DataError(f"{path}:{number}: not JSON ({exc.msg})") from exc
+        if (
+            not isinstance(record, dict)
+            or not isinstance(record.get("id"), str)
+            or not record["id"]
+        ):
+            raise DataError(f'{path}:{number}: each line must be an object with a string "id"')
+        if text_key is not None and not isinstance(record.get(text_key), str):
+            raise DataError(f'{path}:{number}: needs a string "{text_key}"')
+        if record["id"] in out:
+            raise DataError(f"{path}:{number}: duplicate id {record['id']!r}")
+        out[record.pop("id")] = record
+    if not out:
+        raise DataError(f"{path}: no records")
+    return out
+
+
+def check_vectors(vectors: npt.ArrayLike, ids: Sequence[str]) -> npt.NDArray[np.float32]:
+    """Unit float32 rows, one per id; ids unique and non-empty (DataError otherwise)."""
+    array = np.ascontiguousarray(vectors, dtype=np.float32)
+    if array.ndim != 2 or array.shape[0] == 0:
+        raise DataError(f"embeddings must be a non-empty [n, d] array, got {list(array.shape)}")
+    if len(ids) != len(array):
+        raise DataError(f"{len(ids)} ids for {len(array)} embeddings")
+    seen: set[str] = set()
+    for item_id in ids:
+        if not isinstance(item_id, str) or not item_id:
+            raise DataError(f"item ids must be non-empty strings, got {item_id!r}")
+        if item_id in seen:
+            raise DataError(f"duplicate item id {item_id!r}")
+        seen.add(item_id)
+    norms = np.linalg.norm(array, axis=1)
+    bad = np.flatnonzero(~np.isfinite(norms) | (norms == 0))
+    if len(bad):
+        raise DataError(f"embedding of {ids[int(bad[0])]!r} is zero or not finite")
+    unit: npt.NDArray[np.float32] = (array / norms[:, None]).astype(np.float32, copy=False)
+    return unit
+
+
+def sample_rows(
+    rows: npt.NDArray[np.int64], count: int = EVAL_QUERIES, seed: int = 0
+) -> npt.NDArray[np.int64]:
+    """``count`` of ``rows`` (seeded), to serve as leave-one-out queries."""
+    rng = np.random.default_rng(seed)
+    return np.sort(rng.choice(rows, size=min(count, len(rows)), replace=False))
+
+
+OPQ_ITERATIONS = 10
+OPQ_TRAIN_MAX = 32_768
+
+
+def make_index(choice: IndexChoice, dim: int) -> Any:
+    """The empty index of ``choice.factory``, with OPQ's training kept to a budget."""
+    try:
+        index = faiss.index_factory(dim, choice.factory, faiss.METRIC_INNER_PRODUCT)
+    except RuntimeError as exc:
+        first = str(exc).strip().splitlines()[-1] if str(exc).strip() else "invalid"
+        raise ConfigError(f"FAISS cannot build factory {choice.factory!r}: {first}") from exc
+    outer = faiss.downcast_index(index)
+    if isinstance(outer, faiss.IndexPreTransform):
+        chain: Any = outer.chain
+        for position in range(chain.size()):
+            transform = faiss.downcast_VectorTransform(chain.at(position))
+            if isinstance(transform, faiss.OPQMatrix):
+                transform.niter = OPQ_ITERATIONS
+                transform.niter_pq_0 = OPQ_ITERATIONS
+                transform.max_train_points = OPQ_TRAIN_MAX
+    return index
+
+
+def uses_id_map(index: Any) -> bool:
+    return isinstance(faiss.downcast_index(index), faiss.IndexIDMap | faiss.IndexIDMap2)
+
+
+def add_vectors(
+    index: Any, vectors: npt.NDArray[np.float32], first_row: int, progress: bool
+) -> None:
+    """Add ``vectors`` as rows ``first_row ..``: FAISS ids are rows (IDMap or insertion order)."""
+    if not uses_id_map(index) and index.ntotal != first_row:
+        raise ConfigError(f"index holds {index.ntotal} vectors, expected {first_row}")
+    bar = tqdm(total=len(vectors), desc="add", unit="vec", disable=not progress, file=sys.stderr)
+    with bar:
+        for start in range(0, len(vectors), ADD_CHUNK):
+            chunk = np.ascontiguousarray(vectors[start : start + ADD_CHUNK], dtype=np.float32)
+            if uses_id_map(index):
+                rows = np.arange(first_row + start, first_row + start + len(chunk), dtype=np.int64)
+                index.add_with_ids(chunk, rows)
+            else:
+                index.add(chunk)
+            bar.update(len(chunk))
+
+
+def measure(
+    index: Any,
+    vectors: npt.NDArray[np.float32],
+    queries: npt.NDArray[np.float32] | None,
+    target: float,
+    valid: npt.NDArray[np.int64] | None = None,
+) -> dict[str, Any]:
+    """Recall and QPS against exact search, with the tuned search setting.
+
+    Without ``queries``, 1,000 live catalog vectors are the queries, each with itself
+    left out of both the exact and the index's answers (leave-one-out): a query then
+    has the neighbours a new item like the catalog's would have.
+    """
+    rows = valid if valid is not None else np.arange(len(vectors), dtype=np.int64)
+    selector = None
+    if valid is not None and len(valid) < len(vectors):
+        mask = np.zeros(len(vectors), dtype=bool)
+        mask[valid] = True
+        selector = bitmap_selector(mask)
+    exclude = None
+    if queries is None:
+        exclude = sample_rows(rows)
+        queries = np.ascontiguousarray(vectors[exclude], dtype=np.float32)
+    extra = 0 if exclude is None else 1
+    _, truth = exact_search(vectors, queries, 100 + extra, valid=valid)
+    truth = drop_ids(truth, exclude, 100)
+    result = tune(index, queries, truth, k=10, target=target, exclude=exclude, selector=selector)
+    exact = exact_qps(vectors if valid is None else vectors[valid], queries, 10)
+    report = result.to_dict()
+    report["exact_qps"] = exact
+    chosen = report.get("chosen") or {}
+    if chosen.get("qps"):
+        report["speedup"] = float(chosen["qps"]) / exact
+    report["held_out"] = "leave-one-out catalog vectors" if exclude is not None else "given"
+    return report
+
+
+def search_settings(report: Mapping[str, Any]) -> dict[str, Any]:
+    chosen = report.get("chosen") or {}
+    return {key: chosen[key] for key in ("nprobe", "ef_search", "k_factor") if chosen.get(key)}
+
+
+def _write_corpus(
+    directory: Path,
+    corpus: Corpus,
+    vectors: npt.NDArray[np.float32],
+    index: Any,
+    manifest: dict[str, Any],
+) -> None:
+    (directory / VECTORS).mkdir()
+    np.save(directory / VECTORS / "part-00000.npy", vectors)
+    write_ids(directory / IDS, corpus.ids)
+    create_store(directory / ITEMS, 0, corpus.ids, corpus.items)
+    np.save(directory / DELETED, np.zeros(0, dtype=np.int64))
+    faiss.write_index(index, str(directory / INDEX))
+    manifest["bytes_per_vector"] = round((directory / INDEX).stat().st_size / len(vectors), 1)
+    write_manifest(directory, manifest)
+
+
+def build_into(
+    directory: Path,
+    corpus: Corpus,
+    *,
+    bundle_sha256: str | None,
+    factory: str | None = None,
+    profile: str = "quality",
+    target: float = 0.95,
+    queries: npt.NDArray[np.float32] | None = None,
+    seed: int = 0,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Build one index into the (empty, existing) ``directory``; returns its manifest."""
+    vectors = check_vectors(corpus.vectors, corpus.ids)
+    count, dim = vectors.shape
+    if queries is not None and (queries.ndim != 2 or queries.shape[1] != dim):
+        raise DataError(f"held-out queries must be [n, {dim}], got {list(queries.shape)}")
+    if factory:
+        choice = IndexChoice(factory, min(count, 256 * 1024), None, ["given with --factory"])
+    else:
+        choice = choose_index(count, dim, profile)
+    index = make_index(choice, dim)
+    log = print if progress else (lambda *args, **kwargs: None)
+    log(f"index: {choice.factory} for {count:,} x {dim}", file=sys.stderr)
+    for reason in choice.reasons:
+        log(f"  - {reason}", file=sys.stderr)
+    timings: dict[str, float] = {}
+    start = time.perf_counter()
+    if not index.is_trained:
+        rng = np.random.default_rng(seed)
+        size = min(count, max(choice.train_size, 1))
+        sample = np.sort(rng.choice(count, size=size, replace=False))
+        log(f"  training on {size:,} vectors ...", file=sys.stderr)
+        try:
+            index.train(np.ascontiguousarray(vectors[sample]))
+        except RuntimeError as exc:
+            raise ConfigError(
+                f"FAISS cannot train {choice.factory!r} on {size} vectors: {exc}"
+            ) from exc
+    timings["train_s"] = round(time.perf_counter() - start, 2)
+    start = time.perf_counter()
+    add_vectors(index, vectors, 0, progress)
+    timings["add_s"] = round(time.perf_counter() - start, 2)
+    start = time.perf_counter()
+    report = measure(index, vectors, queries, target)
+    timings["tune_s"] = round(time.perf_counter() - start, 2)
+    manifest: dict[str, Any] = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "bundle_sha256": bundle_sha256,
+        "dim": dim,
+        "metric": "inner_product",
+        "count": count,
+        "total": count,
+        "deleted": 0,
+        "factory": choice.factory,
+        "choice": choice.to_dict(),
+        "search": search_settings(report),
+        "recall": report,
+        "timings": timings,
+        "trained_on": count,
+        "created": now(),
+    }
+    _write_corpus(directory, corpus, vectors, index, manifest)
+    chosen = report.get("chosen") or {}
+    log(
+        f"  R@10 {chosen.get('R@10', 1.0):.3f} with {manifest['search'] or 'exact search'}"
+        f", {manifest['bytes_per_vector']} bytes per vector",
+        file=sys.stderr,
+    )
+    return manifest
+
+
+def build_version(
+    root: str | Path,
+    corpus: Corpus,
+    *,
+    bundle_sha256: str | None,
+    texts: Corpus | None = None,
+    factory: str | None = None,
+    profile: str = "quality",
+    target: float = 0.95,
+    queries: npt.NDArray[np.float32] | None = None,
+    seed: int = 0,
+    progress: bool = True,
+    make_current: bool = True,
+) -> Path:
+    """A new version under ``root`` (and ``CURRENT`` pointing at it); returns its path."""
+    root = Path(root)
+    with new_version(root) as (staging, name):
+        manifest = build_into(
+            staging,
+            corpus,
+            bundle_sha256=bundle_sha256,
+            factory=factory,
+            profile=profile,
+            target=target,
+            queries=queries,
+            seed=seed,
+            progress=progress,
+        )
+        if texts is not None:
+            (staging / TEXTS).mkdir()
+            if texts.vectors.shape[1] != manifest["dim"]:
+                raise DataError("the text corpus and the catalog have different dimensions")
+            build_into(
+                staging / TEXTS,
+                texts,
+                bundle_sha256=bundle_sha256,
+                profile=profile,
+                target=target,
+                seed=seed,
+                progress=progress,
+            )
+    if make_current:
+        switch(root, name)
+    return root / name

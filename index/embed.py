@@ -1,0 +1,867 @@
+"""Catalog images to embeddings: a resumable pipeline through a model bundle, in bounded memory.
+
+A catalog is jsonl, one item a line: ``{"id": str, "image": path-or-URL, "title": str, ...}``
+(:func:`read_catalog`). :func:`embed_catalog` embeds its images into a *work directory*::
+
+    progress.json            bundle sha256, item count, catalog ids sha256, shard size
+    shard-00000.ids.txt      ids of the items embedded in shard 0, one a line
+    shard-00000.npy          their float32 [n, d] unit vectors, in the same order
+    shard-00000.done.json    written last: the shard is complete; lists its rejects
+    rejects.jsonl            {"id", "image", "error"} of every image that could not be used
+    ids.txt, embeddings.npy  all shards joined, in catalog order (rejects left out)
+
+Shard ``k`` holds catalog items ``k * shard_size`` up to ``(k + 1) * shard_size``. Every
+file is written to a temporary name and renamed, and a shard counts only once its
+``.done.json`` is there and agrees with its other two files, so a run killed at any point
+is resumed by calling :func:`embed_catalog` again with the same work directory: complete
+shards are kept, the others are embedded again. A work directory belongs to one bundle
+and one catalog; another bundle or a changed catalog is refused.
+
+Memory stays bounded whatever the catalog's size: a thread pool reads, decodes and
+preprocesses images (Pillow releases the GIL while decoding) while the calling thread
+encodes batches, with at most ``batch_size + 2 * workers`` preprocessed images waiting; one
+shard's vectors are held until they are written; the joined result is a memory map of
+``embeddings.npy``.
+
+Images that are missing, unreadable, too large or not decodable are rejects, never a crash:
+they are appended to ``rejects.jsonl`` as they happen and left out of the result.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import functools
+import hashlib
+import http.client
+import io
+import itertools
+import json
+import os
+import re
+import sys
+import urllib.parse
+import urllib.request
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any, Final, Protocol, TypeAlias
+
+import numpy as np
+import numpy.typing as npt
+from tqdm import tqdm
+
+from runtime.bundle import BundleError
+from runtime.errors import (
+    CnClipError,
+    ConfigError,
+    DataError,
+    ImageTooLargeError,
+    InvalidImageError,
+)
+from runtime.images import PreprocessConfig, load_image, preprocess
+
+__all__ = [
+    "CatalogItem",
+    "EmbeddedCatalog",
+    "ImageEncoder",
+    "TextEncoder",
+    "embed_catalog",
+    "embed_texts",
+    "iter_catalog",
+    "load_embeddings",
+    "read_catalog",
+]
+
+FORMAT: Final = "cnclip-embeddings"
+FORMAT_VERSION: Final = 1
+PROGRESS: Final = "progress.json"
+REJECTS: Final = "rejects.jsonl"
+IDS: Final = "ids.txt"
+EMBEDDINGS: Final = "embeddings.npy"
+URL_TIMEOUT_S: Final = 30.0
+"""Seconds to wait for an http(s) image server before the item is rejected."""
+MAX_DOWNLOAD_BYTES: Final = 64 << 20
+"""Largest http(s) image accepted, in bytes."""
+
+_URL = re.compile(r"^([A-Za-z][A-Za-z0-9+.\-]*)://")
+_CHUNK_ROWS: Final = 65536
+
+Loaded: TypeAlias = "npt.NDArray[np.float32] | str"
+"""A preprocessed [3, N, N] image, or why the item is rejected."""
+
+
+class ImageEncoder(Protocol):
+    """What :func:`embed_catalog` needs of a bundle (:class:`runtime.bundle.Bundle` has it)."""
+
+    @property
+    def sha256(self) -> str: ...
+
+    @property
+    def embed_dim(self) -> int: ...
+
+    @property
+    def preprocess_config(self) -> PreprocessConfig: ...
+
+    def encode_pixels(self, pixels: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]: ...
+
+
+class TextEncoder(Protocol):
+    """What :func:`embed_texts` needs of a bundle."""
+
+    @property
+    def embed_dim(self) -> int: ...
+
+    def encode_texts(self, texts: Sequence[str]) -> npt.NDArray[np.float32]: ...
+
+
+@dataclass(frozen=True, slots=True)
+class CatalogItem:
+    """One catalog line: ``image`` as written (relative paths are resolved when embedding)."""
+
+    id: str
+    image: str
+    title: str | None = None
+    attributes: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class EmbeddedCatalog:
+    """The embedded items in catalog order (rejects left out) and the rejects.
+
+    ``vectors`` is a copy-on-write memory map of the work directory's ``embeddings.npy``:
+    float32 ``[len(ids), dim]`` unit rows; writing to it never changes the file.
+    """
+
+    ids: list[str]
+    vectors: npt.NDArray[np.float32]
+    rejects: list[dict[str, str]]
+    dim: int
+
+
+# --------------------------------------------------------------------------- catalog
+
+
+def read_catalog(path: str | os.PathLike[str]) -> list[CatalogItem]:
+    """All items of a jsonl catalog, checked; blank lines are skipped.
+
+    Raises:
+        DataError: an unreadable file, or a line that is not valid JSON, not an object,
+            lacks a non-empty string ``id`` or ``image``, or repeats an earlier id; the
+            message names the file and line.
+    """
+    path = Path(path)
+    items: list[CatalogItem] = []
+    seen: set[str] = set()
+    for lineno, item in _numbered_items(path):
+        if item.id in seen:
+            first = _first_line_of(path, item.id)
+            raise DataError(
+                f"{path}:{lineno}: duplicate id {item.id!r}, first used at line {first}; "
+                "give every item its own id"
+            )
+        seen.add(item.id)
+        items.append(item)
+    return items
+
+
+def iter_catalog(path: str | os.PathLike[str]) -> Iterator[CatalogItem]:
+    """The items of a catalog one by one, each line checked as by :func:`read_catalog`.
+
+    Duplicate ids are *not* detected here (that needs every id): use :func:`read_catalog`.
+    """
+    for _, item in _numbered_items(Path(path)):
+        yield item
+
+
+def _numbered_items(path: Path) -> Iterator[tuple[int, CatalogItem]]:
+    for lineno, text in _catalog_lines(path):
+        yield lineno, _parse_item(text, f"{path}:{lineno}")
+
+
+def _catalog_lines(path: Path) -> Iterator[tuple[int, str]]:
+    """(line number, text) of the non-blank lines of a UTF-8 file."""
+    try:
+        handle = path.open("rb")
+    except OSError as exc:
+        raise DataError(f"{path}: cannot read the catalog ({exc.strerror or exc})") from exc
+    with handle:
+        for lineno, raw in enumerate(handle, start=1):
+            try:
+                text = raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise DataError(
+                    f"{path}:{lineno}: not UTF-8 (byte {exc.start + 1} of the line); "
+                    "save the catalog as UTF-8"
+                ) from exc
+            if lineno == 1:
+                text = text.removeprefix("\ufeff")
+            if text.strip():
+                yield lineno, text
+
+
+def _parse_item(text: str, where: str) -> CatalogItem:
+    try:
+        record = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise DataError(
+            f"{where}: invalid JSON ({exc.msg} at column {exc.colno}); "
+            'write one JSON object a line, like {"id": "a1", "image": "a1.jpg"}'
+        ) from exc
+    except (ValueError, RecursionError) as exc:
+        raise DataError(f"{where}: invalid JSON ({exc})") from exc
+    if not isinstance(record, dict):
+        raise DataError(
+            f'{where}: expected a JSON object {{"id": ..., "image": ...}}, '
+            f"got a JSON {_json_type(record)}"
+        )
+    item_id = _required_string(record, "id", where)
+    if "\n" in item_id or "\r" in item_id:
+        raise DataError(f'{where}: "id" {item_id!r} contains a line break; ids are one line')
+    image = _required_string(record, "image", where)
+    title = record.pop("title", None)
+    if title is not None and not isinstance(title, str):
+        raise DataError(f'{where}: "title" must be a string, got a JSON {_json_type(title)}')
+    return CatalogItem(item_id, image, title, record)
+
+
+def _required_string(record: dict[str, Any], key: str, where: str) -> str:
+    if key not in record:
+        what = "a unique item id" if key == "id" else "the image's path or URL"
+        raise DataError(f'{where}: missing "{key}" ({what})')
+    value = record.pop(key)
+    if not isinstance(value, str):
+        raise DataError(f'{where}: "{key}" must be a string, got a JSON {_json_type(value)}')
+    if not value.strip():
+        raise DataError(f'{where}: "{key}" is empty')
+    if not _is_unicode(value):
+        raise DataError(f'{where}: "{key}" {value!r} is not valid Unicode (a lone surrogate)')
+    return value
+
+
+def _first_line_of(path: Path, item_id: str) -> int:
+    """The line of the first item with ``item_id`` (the lines are valid: read once already)."""
+    for lineno, text in _catalog_lines(path):
+        if json.loads(text).get("id") == item_id:
+            return lineno
+    raise DataError(f"{path}: changed while it was read; read it again")
+
+
+def _json_type(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, int | float):
+        return "number"
+    if isinstance(value, str):
+        return "string"
+    return "array" if isinstance(value, list) else "object"
+
+
+def _is_unicode(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+# --------------------------------------------------------------------------- embedding
+
+
+@dataclass(frozen=True, slots=True)
+class _Shard:
+    index: int
+    start: int
+    stop: int
+
+    def path(self, work_dir: Path, suffix: str) -> Path:
+        return work_dir / f"shard-{self.index:05d}{suffix}"
+
+
+def embed_catalog(
+    bundle: ImageEncoder,
+    items: Sequence[CatalogItem],
+    work_dir: str | os.PathLike[str],
+    *,
+    base_dir: str | os.PathLike[str],
+    batch_size: int = 32,
+    workers: int | None = None,
+    shard_size: int = 8192,
+    progress: bool = True,
+) -> EmbeddedCatalog:
+    """Embed the catalog's images into ``work_dir``, resuming what a previous run left there.
+
+    Args:
+        bundle: a loaded model bundle (:func:`runtime.bundle.load_bundle`).
+        items: the catalog (:func:`read_catalog`), ids unique.
+        work_dir: where the shards go (created if needed); see the module documentation.
+        base_dir: the folder relative image paths are relative to (the catalog's folder).
+        batch_size: images a call of the image encoder.
+        workers: threads reading and preprocessing images (default: up to 8, one a CPU).
+        shard_size: items a shard; a resumed run must use the one it started with.
+        progress: show a progress bar on standard error when it is a terminal.
+
+    Raises:
+        DataError: duplicate or empty ids, or a work directory of another bundle or catalog
+            (or in use by another run).
+        ConfigError: a batch size, worker count or shard size below 1.
+    """
+    for name, value in (("batch_size", batch_size), ("shard_size", shard_size)):
+        _check_positive(name, value)
+    workers = min(8, os.cpu_count() or 1) if workers is None else workers
+    _check_positive("workers", workers)
+    work_dir, base_dir = Path(work_dir), Path(base_dir)
+    dim = bundle.embed_dim
+    state = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "bundle_sha256": bundle.sha256,
+        "embed_dim": dim,
+        "items": len(items),
+        "ids_sha256": _catalog_fingerprint(items),
+        "shard_size": shard_size,
+    }
+    work_dir.mkdir(parents=True, exist_ok=True)
+    with _locked(work_dir):
+        for stale in work_dir.glob(".*.tmp"):
+            stale.unlink(missing_ok=True)
+        _check_progress(work_dir, state)
+        n = len(items)
+        shards = [
+            _Shard(k, start, min(start + shard_size, n))
+            for k, start in enumerate(range(0, n, shard_size))
+        ]
+        done = _resume(work_dir, shards, items, dim)
+        todo = [shard for shard in shards if shard.index not in done]
+        finished = sum(s.stop - s.start for s in shards if s.index in done)
+        with (
+            (work_dir / REJECTS).open("a", encoding="utf-8") as log,
+            tqdm(
+                total=n,
+                initial=finished,
+                unit="img",
+                desc="embedding images",
+                dynamic_ncols=True,
+                disable=not _show_progress(progress),
+            ) as bar,
+        ):
+            embedder = _ShardEmbedder(bundle, work_dir, batch_size, log, bar)
+            embedder.rejected = sum(len(r) for r in done.values())
+            bar.set_postfix(rejects=embedder.rejected)
+            done.update(embedder.run(items, todo, base_dir, workers))
+        return _joined(work_dir, items, shards, done, dim)
+
+
+def _check_positive(name: str, value: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigError(f"{name} must be a positive integer, got {value!r}")
+
+
+def _show_progress(progress: bool) -> bool:
+    return progress and sys.stderr is not None and sys.stderr.isatty()
+
+
+def _catalog_fingerprint(items: Sequence[CatalogItem]) -> str:
+    """The sha256 of the ids in order; refuses empty, multi-line or repeated ids."""
+    digest = hashlib.sha256()
+    seen: set[str] = set()
+    for position, item in enumerate(items):
+        item_id = item.id
+        if (
+            not isinstance(item_id, str)
+            or not item_id.strip()
+            or "\n" in item_id
+            or "\r" in item_id
+            or not _is_unicode(item_id)
+            or not _is_unicode(item.image)
+        ):
+            raise DataError(
+                f"catalog item {position}: id {item_id!r} (image {item.image!r}) must be "
+                "non-empty valid Unicode, the id one line"
+            )
+        if item_id in seen:
+            first = next(i for i, other in enumerate(items) if other.id == item_id)
+            raise DataError(
+                f"catalog items {first} and {position} have the same id {item_id!r}; "
+                "ids must be unique"
+            )
+        seen.add(item_id)
+        digest.update(item_id.encode("utf-8") + b"\n")
+    return digest.hexdigest()
+
+
+@contextlib.contextmanager
+def _locked(work_dir: Path) -> Iterator[None]:
+    """Hold the work directory's lock: two runs must not write the same shards."""
+    fd = os.open(work_dir / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise DataError(
+                f"{work_dir}: another embedding run is using this work directory; "
+                "wait for it to finish or use another directory"
+            ) from None
+        yield
+    finally:
+        os.close(fd)
+
+
+def _check_progress(work_dir: Path, state: dict[str, Any]) -> None:
+    """Refuse a work directory of another bundle or catalog; start a new one."""
+    path = work_dir / PROGRESS
+    if not path.exists():
+        if any(work_dir.glob("shard-*")):
+            raise DataError(
+                f"{work_dir}: holds shards but no {PROGRESS}; it is damaged or not a work "
+                "directory of embed_catalog: delete it or use another"
+            )
+        _write_atomic(path, json.dumps(state, indent=2).encode())
+        return
+    try:
+        old = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise DataError(f"{path}: unreadable ({exc}); delete {work_dir} to start over") from exc
+    if not isinstance(old, dict) or old.get("format") != FORMAT:
+        raise DataError(f"{path}: not an embed_catalog progress file; use another work directory")
+    if old.get("bundle_sha256") != state["bundle_sha256"]:
+        raise DataError(
+            f"{work_dir}: started with another model bundle (sha256 "
+            f"{str(old.get('bundle_sha256'))[:12]}..., this one {state['bundle_sha256'][:12]}...); "
+            "embeddings of two models cannot be mixed: use another work directory or delete it"
+        )
+    if old.get("items") != state["items"] or old.get("ids_sha256") != state["ids_sha256"]:
+        raise DataError(
+            f"{work_dir}: started with another catalog ({old.get('items')} items then, "
+            f"{state['items']} now, or other ids); use another work directory or delete it"
+        )
+    if old.get("shard_size") != state["shard_size"]:
+        raise DataError(
+            f"{work_dir}: started with shard_size {old.get('shard_size')}, not "
+            f"{state['shard_size']}; resume with the same shard size"
+        )
+    if old != state:
+        raise DataError(f"{path}: written by another version of cnclip; use another work directory")
+
+
+def _resume(
+    work_dir: Path, shards: Sequence[_Shard], items: Sequence[CatalogItem], dim: int
+) -> dict[int, list[dict[str, str]]]:
+    """The rejects of each complete shard; clears the others and rewrites ``rejects.jsonl``.
+
+    ``rejects.jsonl`` keeps the rejects of the complete shards only: those of the others
+    are appended again when they are retried, so no reject is listed twice.
+    """
+    done: dict[int, list[dict[str, str]]] = {}
+    for shard in shards:
+        rejects = _complete_rejects(work_dir, shard, items, dim)
+        if rejects is not None:
+            done[shard.index] = rejects
+    todo = [shard for shard in shards if shard.index not in done]
+    if todo:
+        _forget(work_dir, todo)
+    lines = (_json_line(r) for shard in shards for r in done.get(shard.index, []))
+    _write_atomic(work_dir / REJECTS, "".join(lines).encode())
+    return done
+
+
+def _complete_rejects(
+    work_dir: Path, shard: _Shard, items: Sequence[CatalogItem], dim: int
+) -> list[dict[str, str]] | None:
+    """The rejects of a complete shard; None when it has to be embedded (again)."""
+    try:
+        marker = json.loads(shard.path(work_dir, ".done.json").read_text(encoding="utf-8"))
+        rejects = marker["rejects"]
+        if not isinstance(rejects, list) or not all(_is_reject(r) for r in rejects):
+            return None
+        ids = _read_ids(shard.path(work_dir, ".ids.txt"))
+        vectors = np.load(shard.path(work_dir, ".npy"), mmap_mode="r", allow_pickle=False)
+    except (OSError, ValueError, EOFError, KeyError, TypeError, DataError):
+        return None
+    rejected = {r["id"] for r in rejects}
+    wanted = [item.id for item in items[shard.start : shard.stop] if item.id not in rejected]
+    complete = (
+        ids == wanted
+        and len(wanted) + len(rejects) == shard.stop - shard.start
+        and isinstance(vectors, np.ndarray)
+        and vectors.dtype == np.float32
+        and vectors.shape == (len(wanted), dim)
+    )
+    return rejects if complete else None
+
+
+def _is_reject(entry: Any) -> bool:
+    return isinstance(entry, dict) and all(
+        isinstance(entry.get(key), str) for key in ("id", "image", "error")
+    )
+
+
+def _forget(work_dir: Path, todo: Sequence[_Shard]) -> None:
+    """Remove what incomplete shards and the joined files left: markers first."""
+    (work_dir / EMBEDDINGS).unlink(missing_ok=True)
+    (work_dir / IDS).unlink(missing_ok=True)
+    for suffix in (".done.json", ".npy", ".ids.txt"):
+        for shard in todo:
+            shard.path(work_dir, suffix).unlink(missing_ok=True)
+
+
+class _ShardEmbedder:
+    """Encodes the images of shards as a thread pool delivers them, and writes the shards."""
+
+    def __init__(
+        self, bundle: ImageEncoder, work_dir: Path, batch_size: int, log: IO[str], bar: tqdm[Any]
+    ) -> None:
+        self.bundle = bundle
+        self.work_dir = work_dir
+        self.batch_size = batch_size
+        self.log = log
+        self.bar = bar
+        self.rejected = 0
+
+    def run(
+        self, items: Sequence[CatalogItem], todo: Sequence[_Shard], base_dir: Path, workers: int
+    ) -> dict[int, list[dict[str, str]]]:
+        load = functools.partial(
+            _load_item, base_dir=base_dir, config=self.bundle.preprocess_config
+        )
+        pending = itertools.chain.from_iterable(items[s.start : s.stop] for s in todo)
+        done: dict[int, list[dict[str, str]]] = {}
+        pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="cnclip-embed")
+        try:
+            loaded = _prefetch(pool, pending, load, self.batch_size + 2 * workers)
+            for shard in todo:
+                done[shard.index] = self.shard(shard, loaded)
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
+        return done
+
+    def shard(
+        self, shard: _Shard, loaded: Iterator[tuple[CatalogItem, Loaded]]
+    ) -> list[dict[str, str]]:
+        ids: list[str] = []
+        blocks: list[npt.NDArray[np.float32]] = []
+        rejects: list[dict[str, str]] = []
+        batch: list[tuple[CatalogItem, npt.NDArray[np.float32]]] = []
+        for item, result in itertools.islice(loaded, shard.stop - shard.start):
+            if isinstance(result, str):
+                self.reject(item, result, rejects)
+                continue
+            batch.append((item, result))
+            if len(batch) == self.batch_size:
+                blocks.append(self.encode(batch, ids, rejects))
+                batch = []
+        if batch:
+            blocks.append(self.encode(batch, ids, rejects))
+        dim = self.bundle.embed_dim
+        vectors = np.concatenate(blocks) if blocks else np.zeros((0, dim), dtype=np.float32)
+        _write_atomic(
+            shard.path(self.work_dir, ".ids.txt"), "".join(f"{i}\n" for i in ids).encode()
+        )
+        _write_atomic(shard.path(self.work_dir, ".npy"), _npy_bytes(vectors))
+        marker: dict[str, Any] = {
+            "shard": shard.index,
+            "start": shard.start,
+            "stop": shard.stop,
+            "embedded": len(ids),
+            "rejects": rejects,
+        }
+        _write_atomic(shard.path(self.work_dir, ".done.json"), json.dumps(marker).encode())
+        return rejects
+
+    def encode(
+        self,
+        batch: Sequence[tuple[CatalogItem, npt.NDArray[np.float32]]],
+        ids: list[str],
+        rejects: list[dict[str, str]],
+    ) -> npt.NDArray[np.float32]:
+        """The batch's unit vectors (rows that are not finite become rejects)."""
+        pixels = np.stack([pixels for _, pixels in batch])
+        vectors = _checked_output(self.bundle.encode_pixels(pixels), len(batch), self.bundle)
+        finite = np.asarray(np.isfinite(vectors).all(axis=1), dtype=np.bool_)
+        for (item, _), ok in zip(batch, finite.tolist(), strict=True):
+            if ok:
+                ids.append(item.id)
+            else:
+                self.reject(item, "the image encoder gave non-finite values", rejects)
+        self.bar.update(int(finite.sum()))
+        return vectors[finite]
+
+    def reject(self, item: CatalogItem, error: str, rejects: list[dict[str, str]]) -> None:
+        entry = {"id": item.id, "image": item.image, "error": error}
+        rejects.append(entry)
+        self.log.write(_json_line(entry))
+        self.log.flush()
+        self.rejected += 1
+        self.bar.update(1)
+        self.bar.set_postfix(rejects=self.rejected, refresh=False)
+
+
+def _prefetch(
+    pool: ThreadPoolExecutor,
+    items: Iterable[CatalogItem],
+    load: Callable[[CatalogItem], Loaded],
+    depth: int,
+) -> Iterator[tuple[CatalogItem, Loaded]]:
+    """``(item, load(item))`` in order, with at most ``depth`` items submitted ahead."""
+    window: deque[tuple[CatalogItem, Future[Loaded]]] = deque()
+    for item in items:
+        window.append((item, pool.submit(load, item)))
+        if len(window) >= depth:
+            head, future = window.popleft()
+            yield head, future.result()
+    while window:
+        head, future = window.popleft()
+        yield head, future.result()
+
+
+def _checked_output(
+    vectors: npt.NDArray[np.float32], rows: int, bundle: ImageEncoder | TextEncoder
+) -> npt.NDArray[np.float32]:
+    array = np.asarray(vectors, dtype=np.float32)
+    if array.shape != (rows, bundle.embed_dim):
+        raise BundleError(
+            f"the encoder returned shape {list(array.shape)} for {rows} inputs, expected "
+            f"[{rows}, {bundle.embed_dim}]; the bundle is inconsistent: export it again"
+        )
+    return array
+
+
+def _load_item(item: CatalogItem, *, base_dir: Path, config: PreprocessConfig) -> Loaded:
+    """Runs in the pool: the preprocessed image, or the reason it cannot be used."""
+    try:
+        source = _image_source(item.image, base_dir)
+        name = item.image if isinstance(source, bytes) else None
+        return preprocess(load_image(source, max_pixels=config.max_pixels, name=name), config)
+    except CnClipError as exc:
+        return str(exc)
+
+
+def _image_source(image: str, base_dir: Path) -> str | bytes:
+    """A local path (relative ones under ``base_dir``), or the bytes an http(s) URL serves."""
+    match = _URL.match(image)
+    if match is None:
+        path = Path(image)
+        return str(path if path.is_absolute() else base_dir / path)
+    scheme = match.group(1).lower()
+    if scheme == "file":
+        parts = urllib.parse.urlsplit(image)
+        if parts.netloc not in ("", "localhost"):
+            raise InvalidImageError(f"cannot read image {image}: a file URL of another host")
+        return urllib.request.url2pathname(parts.path)
+    if scheme in ("http", "https"):
+        return _download(image)
+    raise InvalidImageError(
+        f"cannot read image {image}: unsupported URL scheme {scheme!r} "
+        "(use a path, file://, http:// or https://)"
+    )
+
+
+def _download(url: str) -> bytes:
+    request = urllib.request.Request(url, headers={"User-Agent": "cnclip"})
+    try:
+        with urllib.request.urlopen(request, timeout=URL_TIMEOUT_S) as response:
+            data: bytes = response.read(MAX_DOWNLOAD_BYTES + 1)
+    except (OSError, ValueError, http.client.HTTPException) as exc:
+        reason = " ".join(str(exc).split()) or type(exc).__name__
+        raise InvalidImageError(f"cannot download image {url}: {reason}") from exc
+    if len(data) > MAX_DOWNLOAD_BYTES:
+        raise ImageTooLargeError(
+            f"image {url} is larger than {MAX_DOWNLOAD_BYTES} bytes; not downloaded"
+        )
+    return data
+
+
+def _joined(
+    work_dir: Path,
+    items: Sequence[CatalogItem],
+    shards: Sequence[_Shard],
+    done: dict[int, list[dict[str, str]]],
+    dim: int,
+) -> EmbeddedCatalog:
+    """All shards as one result, through ``ids.txt`` and ``embeddings.npy`` (written once)."""
+    rejects = [r for shard in shards for r in done[shard.index]]
+    rejected = {r["id"] for r in rejects}
+    ids = [item.id for item in items if item.id not in rejected]
+    if not ids:
+        return EmbeddedCatalog(ids, np.zeros((0, dim), dtype=np.float32), rejects, dim)
+    npy, ids_txt = work_dir / EMBEDDINGS, work_dir / IDS
+    try:
+        current = _read_ids(ids_txt) == ids
+        shape = np.load(npy, mmap_mode="r", allow_pickle=False).shape
+    except (OSError, ValueError, EOFError, DataError):
+        current, shape = False, None
+    if not current or shape != (len(ids), dim):
+        _write_atomic(ids_txt, "".join(f"{i}\n" for i in ids).encode())
+        _join_shards(work_dir, shards, npy, (len(ids), dim))
+    vectors: npt.NDArray[np.float32] = np.load(npy, mmap_mode="c", allow_pickle=False)
+    return EmbeddedCatalog(ids, vectors, rejects, dim)
+
+
+def _join_shards(
+    work_dir: Path, shards: Sequence[_Shard], npy: Path, shape: tuple[int, int]
+) -> None:
+    temporary = _temporary(npy)
+    try:
+        out = np.lib.format.open_memmap(temporary, mode="w+", dtype=np.float32, shape=shape)
+        row = 0
+        for shard in shards:
+            block = np.load(shard.path(work_dir, ".npy"), mmap_mode="r", allow_pickle=False)
+            out[row : row + len(block)] = block
+            row += len(block)
+        out.flush()
+        del out
+        with temporary.open("rb") as handle:
+            os.fsync(handle.fileno())
+        os.replace(temporary, npy)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
+
+
+# --------------------------------------------------------------------------- files
+
+
+def _temporary(path: Path) -> Path:
+    return path.with_name(f".{path.name}.tmp")
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    """Write ``data`` to a temporary file, sync it and rename it over ``path``."""
+    temporary = _temporary(path)
+    try:
+        with temporary.open("wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
+
+
+def _npy_bytes(array: npt.NDArray[np.float32]) -> bytes:
+    buffer = io.BytesIO()
+    np.save(buffer, array, allow_pickle=False)
+    return buffer.getvalue()
+
+
+def _json_line(entry: dict[str, str]) -> str:
+    return json.dumps(entry, ensure_ascii=False) + "\n"
+
+
+def _read_ids(path: Path) -> list[str]:
+    """One id a line (``\\n`` or ``\\r\\n``), UTF-8; a final line break is optional."""
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise DataError(f"{path}: cannot read the ids ({exc.strerror or exc})") from exc
+    try:
+        text = data.decode("utf-8").removeprefix("\ufeff")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        raise DataError(f"{path}:{line}: not UTF-8; save the ids as UTF-8") from exc
+    lines = text.split("\n")
+    if lines[-1] == "":
+        lines.pop()
+    return [line.removesuffix("\r") for line in lines]
+
+
+# --------------------------------------------------------------------------- inputs
+
+
+def load_embeddings(
+    npy: str | os.PathLike[str], ids_txt: str | os.PathLike[str]
+) -> tuple[npt.NDArray[np.float32], list[str]]:
+    """Precomputed embeddings: ``[n, d]`` float rows (made unit float32) and their ids.
+
+    Raises:
+        DataError: an unreadable file, an array that is not 2-D float with rows, an ids
+            count that differs from the rows, an empty or repeated id, or a row that is
+            all zeros or holds NaN or infinity (the message names its id).
+    """
+    npy, ids_txt = Path(npy), Path(ids_txt)
+    try:
+        raw = np.load(npy, mmap_mode="r", allow_pickle=False)
+    except (OSError, ValueError, EOFError) as exc:
+        raise DataError(
+            f"{npy}: not a readable .npy file ({exc}); write it with numpy.save"
+        ) from exc
+    if not isinstance(raw, np.ndarray):
+        raise DataError(f"{npy}: an .npz archive; give one [n, d] array saved with numpy.save")
+    if raw.ndim != 2 or 0 in raw.shape:
+        raise DataError(f"{npy}: expected a [n, d] array with rows, got shape {list(raw.shape)}")
+    if not np.issubdtype(raw.dtype, np.floating):
+        raise DataError(f"{npy}: expected float vectors, got dtype {raw.dtype}")
+    ids = _read_ids(ids_txt)
+    if len(ids) != len(raw):
+        raise DataError(
+            f"{ids_txt} has {len(ids)} ids for the {len(raw)} rows of {npy}; "
+            "give one id a line, in row order"
+        )
+    seen: set[str] = set()
+    for line, item_id in enumerate(ids, start=1):
+        if not item_id.strip():
+            raise DataError(f"{ids_txt}:{line}: empty id; every row needs an id")
+        if item_id in seen:
+            first = ids.index(item_id) + 1
+            raise DataError(
+                f"{ids_txt}:{line}: duplicate id {item_id!r}, first at line {first}; "
+                "ids must be unique"
+            )
+        seen.add(item_id)
+    return _unit_rows(raw, ids, npy), ids
+
+
+def _unit_rows(
+    raw: npt.NDArray[np.floating[Any]], ids: Sequence[str], npy: Path
+) -> npt.NDArray[np.float32]:
+    out = np.empty(raw.shape, dtype=np.float32)
+    for start in range(0, len(raw), _CHUNK_ROWS):
+        block = np.asarray(raw[start : start + _CHUNK_ROWS], dtype=np.float64)
+        finite = np.isfinite(block).all(axis=1)
+        if not finite.all():
+            row = start + int(np.argmin(finite))
+            raise DataError(
+                f"{npy}: row {row} (id {ids[row]!r}) holds NaN or infinity; embed it again"
+            )
+        norms = np.linalg.norm(block, axis=1)
+        if not norms.all():
+            row = start + int(np.argmin(norms != 0))
+            raise DataError(
+                f"{npy}: row {row} (id {ids[row]!r}) is all zeros and has no direction; "
+                "embed it again or leave it out"
+            )
+        out[start : start + len(block)] = block / norms[:, None]
+    return out
+
+
+def embed_texts(
+    bundle: TextEncoder, texts: Sequence[str], batch_size: int = 256, progress: bool = True
+) -> npt.NDArray[np.float32]:
+    """Texts -> float32 ``[len(texts), d]`` unit rows, in input order.
+
+    Texts are batched by length (a batch is padded to its longest text), so the order of
+    the calls differs from the input's; the result does not.
+    """
+    if isinstance(texts, str):
+        raise TypeError("texts must be a sequence of strings, not one string")
+    _check_positive("batch_size", batch_size)
+    out = np.empty((len(texts), bundle.embed_dim), dtype=np.float32)
+    order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+    with tqdm(
+        total=len(texts),
+        unit="text",
+        desc="embedding texts",
+        dynamic_ncols=True,
+        disable=not _show_progress(progress),
+    ) as bar:
+        for start in range(0, len(order), batch_size):
+            rows = order[start : start + batch_size]
+            vectors = bundle.encode_texts([texts[i] for i in rows])
+            out[rows] = _checked_output(vectors, len(rows), bundle)
+            bar.update(len(rows))
+    return out

@@ -1,0 +1,308 @@
+"""The search API the service uses: ``index.load(DIR).search(queries, k, ...)``.
+
+A :class:`CatalogIndex` answers float32 ``[n, d]`` queries with scores ``[n, k]``
+and the item ids given at build. Filters (``{"category": "鞋"}``) become the set of
+rows that match (through SQLite) and are applied inside FAISS with an ID selector,
+together with the rows removed since the index was built. A filtered query still
+returns ``k`` results whenever ``k`` items match: small match sets are searched
+exactly over their stored vectors; for large ones, rows that come back short are
+searched again with more lists (or a wider HNSW beam), up to an exact search.
+
+Searches only read shared state, so any number of threads may search at once.
+Large indexes are memory-mapped (``mmap=None`` decides by size).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import faiss
+import numpy as np
+import numpy.typing as npt
+
+from index.evaluate import search_params
+from index.store import ItemStore
+from index.versions import (
+    DELETED,
+    INDEX,
+    TEXTS,
+    VECTORS,
+    IndexVersionError,
+    read_manifest,
+    resolve,
+)
+from runtime.errors import DataError
+
+EXACT_SUBSET_MAX = 50_000  # filters matching at most this many rows are searched exactly
+MMAP_MIN_BYTES = 1 << 30
+MAX_K = 2048  # also faiss-gpu's limit
+
+
+@dataclass
+class SearchResult:
+    """``scores[i, j]`` and ``rows[i, j]`` of result j of query i (NaN / -1 past the end);
+    ``ids[i]`` the item ids of query i's results, best first; ``items`` their metadata
+    when asked for."""
+
+    scores: npt.NDArray[np.float32]
+    rows: npt.NDArray[np.int64]
+    ids: list[list[str]]
+    items: list[list[dict[str, Any]]] | None = None
+
+
+def load_vectors(directory: Path) -> npt.NDArray[np.float32]:
+    """The stored embeddings of a version, memory-mapped part by part and concatenated
+    lazily only when there is more than one part."""
+    parts = sorted((directory / VECTORS).glob("part-*.npy"))
+    if not parts:
+        raise IndexVersionError(f"{directory}: no stored vectors in {VECTORS}/")
+    arrays: list[npt.NDArray[np.float32]] = [np.load(p, mmap_mode="r") for p in parts]
+    if len(arrays) == 1:
+        return arrays[0]
+    return np.concatenate(arrays)
+
+
+class CatalogIndex:
+    """One loaded index version (and its text index, when it has one)."""
+
+    def __init__(self, directory: Path, *, mmap: bool | None = None) -> None:
+        self.directory = directory
+        self.manifest = read_manifest(directory)
+        path = directory / INDEX
+        if not path.is_file():
+            raise IndexVersionError(f"{directory}: {INDEX} is missing; rebuild the index")
+        if mmap is None:
+            mmap = path.stat().st_size >= MMAP_MIN_BYTES
+        flags = faiss.IO_FLAG_MMAP | faiss.IO_FLAG_READ_ONLY if mmap else 0
+        try:
+            self.index = faiss.read_index(str(path), flags)
+        except RuntimeError as exc:
+            raise IndexVersionError(f"{path}: FAISS cannot read it ({exc}); rebuild") from exc
+        self.store = ItemStore(directory)
+        total = int(self.manifest["total"])
+        if self.index.ntotal != total or len(self.store.ids) != total:
+            raise IndexVersionError(
+                f"{directory}: the index holds {self.index.ntotal} vectors and "
+                f"{len(self.store.ids)} ids, the manifest says {total}; the version is "
+                "inconsistent, rebuild it"
+            )
+        self.dim = int(self.manifest["dim"])
+        self.total = total
+        deleted_path = directory / DELETED
+        self.deleted = np.load(deleted_path) if deleted_path.is_file() else np.zeros(0, np.int64)
+        self.count = total - len(self.deleted)
+        self._live: npt.NDArray[np.uint8] | None = None
+        self._vectors: npt.NDArray[np.float32] | None = None
+        self._lock = threading.Lock()
+        search = self.manifest.get("search", {})
+        self.nprobe: int | None = search.get("nprobe")
+        self.ef_search: int | None = search.get("ef_search")
+        self.k_factor: float | None = search.get("k_factor")
+        self.nlist = _nlist(self.index)
+        texts = directory / TEXTS
+        self.texts = CatalogIndex(texts, mmap=mmap) if texts.is_dir() else None
+
+    @property
+    def bundle_sha256(self) -> str | None:
+        value = self.manifest.get("bundle_sha256")
+        return None if value is None else str(value)
+
+    def vectors(self) -> npt.NDArray[np.float32]:
+        with self._lock:
+            if self._vectors is None:
+                self._vectors = load_vectors(self.directory)
+            return self._vectors
+
+    def _live_bitmap(self) -> npt.NDArray[np.uint8]:
+        with self._lock:
+            if self._live is None:
+                live = np.ones(self.total, dtype=bool)
+                live[self.deleted] = False
+                self._live = np.packbits(live, bitorder="little")
+            return self._live
+
+    def _bitmap(self, rows: npt.NDArray[np.int64]) -> npt.NDArray[np.uint8]:
+        mask = np.zeros(self.total, dtype=bool)
+        mask[rows] = True
+        return np.packbits(mask, bitorder="little")
+
+    def search(
+        self,
+        queries: npt.ArrayLike,
+        k: int = 10,
+        *,
+        nprobe: int | None = None,
+        ef_search: int | None = None,
+        filter: Mapping[str, Any] | None = None,
+        with_metadata: bool = False,
+    ) -> SearchResult:
+        """The ``k`` best items for each query (inner product of unit vectors).
+
+        Raises:
+            DataError: queries of the wrong shape or with non-finite values, a bad ``k``,
+                ``nprobe`` or filter.
+        """
+        q = self._check(queries, k, nprobe)
+        allowed = None if filter is None else self.store.matching(filter)
+        if allowed is not None and len(allowed) <= EXACT_SUBSET_MAX:
+            scores, rows = self._exact(q, k, allowed)
+        else:
+            scores, rows = self._approximate(q, k, nprobe, ef_search, allowed)
+        return self._result(scores, rows, with_metadata)
+
+    def _check(self, queries: npt.ArrayLike, k: int, nprobe: int | None) -> npt.NDArray[Any]:
+        try:
+            q = np.ascontiguousarray(queries, dtype=np.float32)
+        except (TypeError, ValueError) as exc:
+            raise DataError(f"queries must be a float32 [n, {self.dim}] array ({exc})") from exc
+        if q.ndim != 2 or q.shape[1] != self.dim:
+            raise DataError(f"queries must be [n, {self.dim}], got shape {list(q.shape)}")
+        if not np.isfinite(q).all():
+            raise DataError("queries contain NaN or infinite values")
+        if not 1 <= k <= MAX_K:
+            raise DataError(f"k must be between 1 and {MAX_K}, not {k}")
+        if nprobe is not None and not 1 <= nprobe <= MAX_K:
+            raise DataError(f"nprobe must be between 1 and {MAX_K}, not {nprobe}")
+        return q
+
+    def _exact(
+        self, q: npt.NDArray[np.float32], k: int, allowed: npt.NDArray[np.int64]
+    ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.int64]]:
+        scores = np.full((len(q), k), np.nan, dtype=np.float32)
+        rows = np.full((len(q), k), -1, dtype=np.int64)
+        if len(allowed) == 0 or len(q) == 0:
+            return scores, rows
+        subset = np.asarray(self.vectors()[allowed], dtype=np.float32)
+        sims = q @ subset.T
+        take = min(k, len(allowed))
+        top = np.argpartition(-sims, take - 1, axis=1)[:, :take]
+        order = np.argsort(-np.take_along_axis(sims, top, axis=1), axis=1, kind="stable")
+        top = np.take_along_axis(top, order, axis=1)
+        scores[:, :take] = np.take_along_axis(sims, top, axis=1)
+        rows[:, :take] = allowed[top]
+        return scores, rows
+
+    def _approximate(
+        self,
+        q: npt.NDArray[np.float32],
+        k: int,
+        nprobe: int | None,
+        ef_search: int | None,
+        allowed: npt.NDArray[np.int64] | None,
+    ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.int64]]:
+        if allowed is not None:
+            selector: Any = _bitmap_selector(self._bitmap(allowed))
+            expected = min(k, len(allowed))
+        elif len(self.deleted):
+            selector = _bitmap_selector(self._live_bitmap())
+            expected = min(k, self.count)
+        else:
+            selector, expected = None, min(k, self.count)
+        nprobe = nprobe or self.nprobe
+        ef_search = ef_search or self.ef_search
+        scores, rows = self._faiss(q, k, nprobe, ef_search, selector)
+        # Rows that came back short: widen the search until they are full.
+        while True:
+            short = np.flatnonzero((rows >= 0).sum(axis=1) < expected)
+            if not len(short):
+                break
+            wider = self._wider(nprobe, ef_search)
+            if wider is None:
+                candidates = allowed if allowed is not None else self._live_rows()
+                scores[short], rows[short] = self._exact(q[short], k, candidates)
+                break
+            nprobe, ef_search = wider
+            scores[short], rows[short] = self._faiss(q[short], k, nprobe, ef_search, selector)
+        return scores, rows
+
+    def _faiss(
+        self,
+        q: npt.NDArray[np.float32],
+        k: int,
+        nprobe: int | None,
+        ef_search: int | None,
+        selector: Any,
+    ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.int64]]:
+        params = search_params(
+            self.index,
+            nprobe=nprobe,
+            ef_search=ef_search,
+            k_factor=self.k_factor,
+            selector=selector,
+        )
+        scores, rows = self.index.search(q, k, params=params)
+        scores = np.where(rows >= 0, scores, np.nan).astype(np.float32)
+        return scores, rows.astype(np.int64)
+
+    def _wider(self, nprobe: int | None, ef_search: int | None) -> tuple[int, int | None] | None:
+        """The next, wider search setting; None when the widest has been tried."""
+        if self.nlist is not None:
+            current = nprobe or 1
+            if current >= min(self.nlist, MAX_K):
+                return None
+            return min(current * 4, self.nlist, MAX_K), ef_search
+        if _has_hnsw(self.index):
+            current = ef_search or 16
+            if current >= 4096:
+                return None
+            return nprobe or 0, min(current * 4, 4096)
+        return None
+
+    def _live_rows(self) -> npt.NDArray[np.int64]:
+        live = np.ones(self.total, dtype=bool)
+        live[self.deleted] = False
+        return np.flatnonzero(live).astype(np.int64)
+
+    def _result(
+        self,
+        scores: npt.NDArray[np.float32],
+        rows: npt.NDArray[np.int64],
+        with_metadata: bool,
+    ) -> SearchResult:
+        ids = [[self.store.id_of(int(r)) for r in row if r >= 0] for row in rows]
+        items = None
+        if with_metadata:
+            meta = self.store.metadata(rows[rows >= 0].tolist())
+            items = [[meta[int(r)] for r in row if r >= 0] for row in rows]
+        return SearchResult(scores, rows, ids, items)
+
+    def close(self) -> None:
+        self.store.close()
+        if self.texts is not None:
+            self.texts.close()
+
+
+def _bitmap_selector(bitmap: npt.NDArray[np.uint8]) -> Any:
+    """Rows whose bit is set; the selector keeps its bitmap alive as long as it lives."""
+    selector: Any = faiss.IDSelectorBitmap(len(bitmap), faiss.swig_ptr(bitmap))
+    selector.referenced_bitmap = bitmap
+    return selector
+
+
+def _nlist(index: Any) -> int | None:
+    ivf = faiss.try_extract_index_ivf(index)
+    return None if ivf is None else int(ivf.nlist)
+
+
+def _has_hnsw(index: Any) -> bool:
+    while True:
+        index = faiss.downcast_index(index)
+        if isinstance(index, faiss.IndexHNSW):
+            return True
+        inner = getattr(index, "index", None) or getattr(index, "base_index", None)
+        if inner is None:
+            return False
+        index = inner
+
+
+def load(path: str | Path, *, mmap: bool | None = None) -> CatalogIndex:
+    """The index version at ``path`` (a version directory, or a root: its current version).
+
+    Raises:
+        IndexVersionError: missing, incomplete, inconsistent or newer-format versions.
+    """
+    return CatalogIndex(resolve(path), mmap=mmap)
