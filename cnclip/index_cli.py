@@ -43,7 +43,6 @@ def _corpus(args: argparse.Namespace, work: Path) -> Any:
     progress = not args.quiet
     if args.catalog:
         from index.embed import embed_catalog, read_catalog
-
         from runtime.bundle import load_bundle
 
         catalog = Path(args.catalog)
@@ -77,9 +76,8 @@ def _corpus(args: argparse.Namespace, work: Path) -> Any:
 def _texts(args: argparse.Namespace) -> Any:
     if not args.text_corpus:
         return None
-    from index.embed import embed_texts
-
     from index.build import Corpus, read_records
+    from index.embed import embed_texts
     from runtime.bundle import load_bundle
 
     records = read_records(Path(args.text_corpus), text_key="text")
@@ -102,16 +100,23 @@ def _cmd_build(args: argparse.Namespace) -> int:
         raise CnClipError(
             f"the embeddings have {corpus.vectors.shape[1]} dimensions, the bundle {dim}"
         )
-    version = build_version(
-        out,
-        corpus,
-        bundle_sha256=sha,
-        texts=_texts(args),
-        factory=args.factory,
-        profile=args.profile,
-        target=args.target,
-        progress=not args.quiet,
-    )
+    options: dict[str, Any] = {
+        "bundle_sha256": sha,
+        "factory": args.factory,
+        "profile": args.profile,
+        "target": args.target,
+        "progress": not args.quiet,
+    }
+    if args.shards > 1:
+        from index.shards import build_sharded
+
+        if args.text_corpus:
+            raise CnClipError("--text-corpus is not sharded; build it as its own index")
+        build_sharded(out, corpus, args.shards, **options)
+        if not args.quiet:
+            print(f"wrote {args.shards} shards of {len(corpus.ids):,} items to {out}")
+        return 0
+    version = build_version(out, corpus, texts=_texts(args), **options)
     if not args.quiet:
         print(
             f"wrote {version} ({len(corpus.ids):,} items); {out}/CURRENT names it", file=sys.stderr
@@ -119,13 +124,32 @@ def _cmd_build(args: argparse.Namespace) -> int:
     return 0
 
 
+def _sharded(path: str) -> bool:
+    from index.shards import SHARDS
+
+    return (Path(path) / SHARDS).is_file()
+
+
+def _shard_roots(path: str) -> list[str]:
+    """The index roots to work on: ``path``, or each shard of a sharded root."""
+    if not _sharded(path):
+        return [path]
+    return sorted(str(p) for p in Path(path).glob("shard-*") if p.is_dir())
+
+
 def _cmd_eval(args: argparse.Namespace) -> int:
+    for root in _shard_roots(args.dir):
+        _eval_one(root, args)
+    return 0
+
+
+def _eval_one(path: str, args: argparse.Namespace) -> None:
     import numpy as np
 
     from index.build import measure
     from index.search import load, load_vectors
 
-    catalog = load(args.dir)
+    catalog = load(path)
     queries = None
     if args.queries:
         queries = np.load(args.queries).astype(np.float32)
@@ -148,7 +172,6 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     (catalog.directory / "eval.json").write_text(
         json.dumps(report, ensure_ascii=False, indent=2) + "\n", encoding="utf-8"
     )
-    return 0
 
 
 def _cmd_add(args: argparse.Namespace) -> int:
@@ -157,14 +180,19 @@ def _cmd_add(args: argparse.Namespace) -> int:
     sha, _ = _bundle_facts(args.bundle)
     work = Path(args.work_dir) if args.work_dir else Path(args.dir) / ".embeddings-add"
     corpus = _corpus(args, work)
-    version = add_items(
-        args.dir,
-        corpus,
-        bundle_sha256=sha,
-        target=args.target,
-        progress=not args.quiet,
-        make_current=not args.no_switch,
-    )
+    options = {
+        "bundle_sha256": sha,
+        "target": args.target,
+        "progress": not args.quiet,
+        "make_current": not args.no_switch,
+    }
+    if _sharded(args.dir):
+        from index.shards import add_sharded
+
+        add_sharded(args.dir, corpus, **options)
+        print(f"added {len(corpus.ids):,} items to the shards of {args.dir}", file=sys.stderr)
+        return 0
+    version = add_items(args.dir, corpus, **options)
     print(f"wrote {version} with {len(corpus.ids):,} items added", file=sys.stderr)
     return 0
 
@@ -178,6 +206,18 @@ def _cmd_remove(args: argparse.Namespace) -> int:
         ids += [line.strip() for line in lines if line.strip()]
     if not ids:
         raise CnClipError("give the ids to remove with --id or --ids-file")
+    if _sharded(args.dir):
+        from index.shards import remove_sharded
+
+        remove_sharded(
+            args.dir,
+            ids,
+            missing_ok=args.missing_ok,
+            target=args.target,
+            make_current=not args.no_switch,
+        )
+        print(f"removed {len(ids):,} items from the shards of {args.dir}", file=sys.stderr)
+        return 0
     version = remove_items(
         args.dir,
         ids,
@@ -213,9 +253,16 @@ def _cmd_switch(args: argparse.Namespace) -> int:
 
 
 def _cmd_info(args: argparse.Namespace) -> int:
+    for root in _shard_roots(args.dir):
+        if root != args.dir:
+            print(f"{Path(root).name}:")
+        _info_one(Path(root))
+    return 0
+
+
+def _info_one(root: Path) -> None:
     from index.versions import current_name, read_manifest, versions
 
-    root = Path(args.dir)
     names = versions(root) or [root.name]
     current = current_name(root)
     for name in names:
@@ -229,7 +276,6 @@ def _cmd_info(args: argparse.Namespace) -> int:
             f"R@10 {chosen.get('R@10', 1.0):.3f}, {manifest.get('bytes_per_vector')} B/vector, "
             f"{manifest['created']}"
         )
-    return 0
 
 
 def _source_arguments(parser: argparse.ArgumentParser) -> None:
@@ -279,6 +325,12 @@ def add_index_commands(sub: Any) -> None:
         help="quality (default; about 600 bytes per 512-d vector) or lean (< 80 bytes)",
     )
     build.add_argument("--text-corpus", help="jsonl of {id, text}: a text index for image search")
+    build.add_argument(
+        "--shards",
+        type=int,
+        default=1,
+        help="split the catalog by id into N indexes searched in parallel (default 1)",
+    )
     _common(build, switchable=False)
     build.set_defaults(handler=_cmd_build)
 

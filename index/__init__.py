@@ -1,10 +1,24 @@
 """Catalog embeddings to FAISS index versions, and the search API the service uses.
 
-``index.load(DIR)`` returns a :class:`index.search.CatalogIndex`; building,
+``index.load(DIR)`` returns a :class:`index.search.CatalogIndex` (or, for a root
+written by :func:`index.shards.build_sharded`, a :class:`index.shards.ShardedIndex`
+with the same search call); building,
 evaluating and changing versions live in :mod:`index.build`, :mod:`index.evaluate`
 and :mod:`index.update` (``cnclip index ...`` on the command line).
 """
 
-from index.search import CatalogIndex, SearchResult, load
+from pathlib import Path
 
-__all__ = ["CatalogIndex", "SearchResult", "load"]
+from index.search import CatalogIndex, SearchResult
+from index.search import load as load_version
+from index.shards import SHARDS, ShardedIndex, load_sharded
+
+
+def load(path: str | Path, *, mmap: bool | None = None) -> CatalogIndex | ShardedIndex:
+    """The index at ``path``: a version, a root (its current version) or a sharded root."""
+    if (Path(path) / SHARDS).is_file():
+        return load_sharded(path, mmap=mmap)
+    return load_version(path, mmap=mmap)
+
+
+__all__ = ["CatalogIndex", "SearchResult", "ShardedIndex", "load"]

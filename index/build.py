@@ -141,6 +141,18 @@ def make_index(choice: IndexChoice, dim: int) -> Any:
     return index
 
 
+def use_gpu_clustering(index: Any) -> bool:
+    """With faiss-gpu and a GPU, an inverted file's k-means runs on every GPU."""
+    if getattr(faiss, "get_num_gpus", lambda: 0)() == 0:
+        return False
+    ivf = faiss.try_extract_index_ivf(index)
+    if ivf is None:
+        return False
+    flat = faiss.IndexFlatL2(ivf.d)
+    ivf.clustering_index = faiss.index_cpu_to_all_gpus(flat)
+    return True
+
+
 def uses_id_map(index: Any) -> bool:
     return isinstance(faiss.downcast_index(index), faiss.IndexIDMap | faiss.IndexIDMap2)
 
@@ -251,6 +263,8 @@ def build_into(
     timings: dict[str, float] = {}
     start = time.perf_counter()
     if not index.is_trained:
+        if use_gpu_clustering(index):
+            log("  k-means on the GPU (faiss-gpu)", file=sys.stderr)
         rng = np.random.default_rng(seed)
         size = min(count, max(choice.train_size, 1))
         sample = np.sort(rng.choice(count, size=size, replace=False))

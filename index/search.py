@@ -238,7 +238,9 @@ class CatalogIndex:
         scores = np.where(rows >= 0, scores, np.nan).astype(np.float32)
         return scores, rows.astype(np.int64)
 
-    def _wider(self, nprobe: int | None, ef_search: int | None) -> tuple[int, int | None] | None:
+    def _wider(
+        self, nprobe: int | None, ef_search: int | None
+    ) -> tuple[int | None, int | None] | None:
         """The next, wider search setting; None when the widest has been tried."""
         if self.nlist is not None:
             current = nprobe or 1
@@ -249,7 +251,7 @@ class CatalogIndex:
             current = ef_search or 16
             if current >= 4096:
                 return None
-            return nprobe or 0, min(current * 4, 4096)
+            return nprobe, min(current * 4, 4096)
         return None
 
     def _live_rows(self) -> npt.NDArray[np.int64]:
