@@ -14,11 +14,13 @@ from index.search import load as load_version
 from index.shards import SHARDS, ShardedIndex, load_sharded
 
 
-def load(path: str | Path, *, mmap: bool | None = None) -> CatalogIndex | ShardedIndex:
+def load(
+    path: str | Path, *, mmap: bool | None = None, gpu: bool | None = None
+) -> CatalogIndex | ShardedIndex:
     """The index at ``path``: a version, a root (its current version) or a sharded root."""
     if (Path(path) / SHARDS).is_file():
-        return load_sharded(path, mmap=mmap)
-    return load_version(path, mmap=mmap)
+        return load_sharded(path, mmap=mmap, gpu=gpu)
+    return load_version(path, mmap=mmap, gpu=gpu)
 
 
 __all__ = ["CatalogIndex", "SearchResult", "ShardedIndex", "load"]

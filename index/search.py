@@ -9,7 +9,9 @@ exactly over their stored vectors; for large ones, rows that come back short are
 searched again with more lists (or a wider HNSW beam), up to an exact search.
 
 Searches only read shared state, so any number of threads may search at once.
-Large indexes are memory-mapped (``mmap=None`` decides by size).
+Large indexes are memory-mapped (``mmap=None`` decides by size). With faiss-gpu and
+a GPU, unfiltered searches of IVF and flat indexes run on a GPU copy (``gpu=None``
+decides; faiss-gpu's limits, k and nprobe <= 2048, are the API's limits everywhere).
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ from index.versions import (
     read_manifest,
     resolve,
 )
-from runtime.errors import DataError
+from runtime.errors import ConfigError, DataError
 
 EXACT_SUBSET_MAX = 50_000  # filters matching at most this many rows are searched exactly
 MMAP_MIN_BYTES = 1 << 30
@@ -69,7 +71,9 @@ def load_vectors(directory: Path) -> npt.NDArray[np.float32]:
 class CatalogIndex:
     """One loaded index version (and its text index, when it has one)."""
 
-    def __init__(self, directory: Path, *, mmap: bool | None = None) -> None:
+    def __init__(
+        self, directory: Path, *, mmap: bool | None = None, gpu: bool | None = None
+    ) -> None:
         self.directory = directory
         self.manifest = read_manifest(directory)
         path = directory / INDEX
@@ -103,8 +107,15 @@ class CatalogIndex:
         self.ef_search: int | None = search.get("ef_search")
         self.k_factor: float | None = search.get("k_factor")
         self.nlist = _nlist(self.index)
+        self._gpu_lock = threading.Lock()
+        self.gpu_index = _to_gpu(self.index) if gpu is not False else None
+        if gpu and self.gpu_index is None:
+            raise ConfigError(
+                f"{directory}: no GPU search here (needs faiss-gpu, a GPU and an "
+                "IVF or flat index without re-ranking)"
+            )
         texts = directory / TEXTS
-        self.texts = CatalogIndex(texts, mmap=mmap) if texts.is_dir() else None
+        self.texts = CatalogIndex(texts, mmap=mmap, gpu=gpu) if texts.is_dir() else None
 
     @property
     def bundle_sha256(self) -> str | None:
@@ -204,7 +215,10 @@ class CatalogIndex:
             selector, expected = None, min(k, self.count)
         nprobe = nprobe or self.nprobe
         ef_search = ef_search or self.ef_search
-        scores, rows = self._faiss(q, k, nprobe, ef_search, selector)
+        if selector is None and self.gpu_index is not None:
+            scores, rows = self._gpu(q, k, nprobe)
+        else:
+            scores, rows = self._faiss(q, k, nprobe, ef_search, selector)
         # Rows that came back short: widen the search until they are full.
         while True:
             short = np.flatnonzero((rows >= 0).sum(axis=1) < expected)
@@ -235,6 +249,18 @@ class CatalogIndex:
             selector=selector,
         )
         scores, rows = self.index.search(q, k, params=params)
+        scores = np.where(rows >= 0, scores, np.nan).astype(np.float32)
+        return scores, rows.astype(np.int64)
+
+    def _gpu(
+        self, q: npt.NDArray[np.float32], k: int, nprobe: int | None
+    ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.int64]]:
+        """An unfiltered search on the GPU copy (nprobe set under a lock: it is shared)."""
+        gpu: Any = self.gpu_index
+        with self._gpu_lock:
+            if nprobe is not None and hasattr(gpu, "nprobe"):
+                gpu.nprobe = min(nprobe, MAX_K)
+            scores, rows = gpu.search(q, k)
         scores = np.where(rows >= 0, scores, np.nan).astype(np.float32)
         return scores, rows.astype(np.int64)
 
@@ -278,6 +304,18 @@ class CatalogIndex:
             self.texts.close()
 
 
+def _to_gpu(index: Any) -> Any:
+    """A copy of ``index`` on every GPU when faiss-gpu and a GPU are there and FAISS can
+    move this index type (IVF and flat; not HNSW or re-ranked indexes), else None.
+    Filtered searches and the types it cannot move stay on the CPU."""
+    if getattr(faiss, "get_num_gpus", lambda: 0)() == 0:
+        return None
+    try:
+        return faiss.index_cpu_to_all_gpus(index)
+    except (RuntimeError, AttributeError):
+        return None
+
+
 def _bitmap_selector(bitmap: npt.NDArray[np.uint8]) -> Any:
     """Rows whose bit is set; the selector keeps its bitmap alive as long as it lives."""
     selector: Any = faiss.IDSelectorBitmap(len(bitmap), faiss.swig_ptr(bitmap))
@@ -301,10 +339,10 @@ def _has_hnsw(index: Any) -> bool:
         index = inner
 
 
-def load(path: str | Path, *, mmap: bool | None = None) -> CatalogIndex:
+def load(path: str | Path, *, mmap: bool | None = None, gpu: bool | None = None) -> CatalogIndex:
     """The index version at ``path`` (a version directory, or a root: its current version).
 
     Raises:
         IndexVersionError: missing, incomplete, inconsistent or newer-format versions.
     """
-    return CatalogIndex(resolve(path), mmap=mmap)
+    return CatalogIndex(resolve(path), mmap=mmap, gpu=gpu)

@@ -102,7 +102,7 @@ def merge_results(results: Sequence[SearchResult], k: int) -> SearchResult:
 class ShardedIndex:
     """The shards of a sharded root, searched together."""
 
-    def __init__(self, root: Path, *, mmap: bool | None = None) -> None:
+    def __init__(self, root: Path, *, mmap: bool | None = None, gpu: bool | None = None) -> None:
         try:
             config = json.loads((root / SHARDS).read_text(encoding="utf-8"))
             count = int(config["shards"])
@@ -110,7 +110,7 @@ class ShardedIndex:
             raise IndexVersionError(f"{root}: unreadable {SHARDS} ({exc})") from exc
         self.root = root
         self.shards: list[CatalogIndex] = [
-            load_one(_shard_dir(root, shard), mmap=mmap) for shard in range(count)
+            load_one(_shard_dir(root, shard), mmap=mmap, gpu=gpu) for shard in range(count)
         ]
         bundles = {s.bundle_sha256 for s in self.shards}
         if len(bundles) > 1:
@@ -150,8 +150,10 @@ class ShardedIndex:
             shard.close()
 
 
-def load_sharded(root: str | Path, *, mmap: bool | None = None) -> ShardedIndex:
-    return ShardedIndex(Path(root), mmap=mmap)
+def load_sharded(
+    root: str | Path, *, mmap: bool | None = None, gpu: bool | None = None
+) -> ShardedIndex:
+    return ShardedIndex(Path(root), mmap=mmap, gpu=gpu)
 
 
 def add_sharded(root: str | Path, corpus: Corpus, **options: Any) -> None:

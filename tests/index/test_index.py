@@ -364,3 +364,15 @@ def test_a_faiss_factory_it_cannot_build_is_a_clear_error(tmp_path: Path) -> Non
             tmp_path / "i", corpus, bundle_sha256=None, factory="NotAnIndex", progress=False
         )
     assert not any(p.name.startswith("v") for p in (tmp_path / "i").iterdir())
+
+
+def test_gpu_search_is_refused_clearly_without_faiss_gpu(
+    exact: tuple[Path, Corpus, np.ndarray],
+) -> None:
+    import faiss
+
+    if getattr(faiss, "get_num_gpus", lambda: 0)() > 0:
+        pytest.skip("a GPU is here: the GPU path runs instead")
+    with pytest.raises(ConfigError, match="no GPU search here"):
+        load(exact[0], gpu=True)
+    assert load(exact[0], gpu=None).gpu_index is None
