@@ -206,25 +206,18 @@ def _cmd_remove(args: argparse.Namespace) -> int:
         ids += [line.strip() for line in lines if line.strip()]
     if not ids:
         raise CnClipError("give the ids to remove with --id or --ids-file")
+    options = {
+        "missing_ok": args.missing_ok,
+        "target": args.target,
+        "make_current": not args.no_switch,
+    }
     if _sharded(args.dir):
         from index.shards import remove_sharded
 
-        remove_sharded(
-            args.dir,
-            ids,
-            missing_ok=args.missing_ok,
-            target=args.target,
-            make_current=not args.no_switch,
-        )
+        remove_sharded(args.dir, ids, **options)
         print(f"removed {len(ids):,} items from the shards of {args.dir}", file=sys.stderr)
         return 0
-    version = remove_items(
-        args.dir,
-        ids,
-        missing_ok=args.missing_ok,
-        target=args.target,
-        make_current=not args.no_switch,
-    )
+    version = remove_items(args.dir, ids, **options)
     print(f"wrote {version} without {len(ids):,} items", file=sys.stderr)
     return 0
 

@@ -26,7 +26,7 @@ import faiss
 import numpy as np
 import numpy.typing as npt
 
-from index.evaluate import search_params
+from index.evaluate import bitmap_selector, search_params
 from index.store import ItemStore
 from index.versions import (
     DELETED,
@@ -99,7 +99,7 @@ class CatalogIndex:
         deleted_path = directory / DELETED
         self.deleted = np.load(deleted_path) if deleted_path.is_file() else np.zeros(0, np.int64)
         self.count = total - len(self.deleted)
-        self._live: npt.NDArray[np.uint8] | None = None
+        self._live: npt.NDArray[np.bool_] | None = None
         self._vectors: npt.NDArray[np.float32] | None = None
         self._lock = threading.Lock()
         search = self.manifest.get("search", {})
@@ -128,18 +128,14 @@ class CatalogIndex:
                 self._vectors = load_vectors(self.directory)
             return self._vectors
 
-    def _live_bitmap(self) -> npt.NDArray[np.uint8]:
+    def _live_mask(self) -> npt.NDArray[np.bool_]:
+        """True for every row not deleted (computed once)."""
         with self._lock:
             if self._live is None:
                 live = np.ones(self.total, dtype=bool)
                 live[self.deleted] = False
-                self._live = np.packbits(live, bitorder="little")
+                self._live = live
             return self._live
-
-    def _bitmap(self, rows: npt.NDArray[np.int64]) -> npt.NDArray[np.uint8]:
-        mask = np.zeros(self.total, dtype=bool)
-        mask[rows] = True
-        return np.packbits(mask, bitorder="little")
 
     def search(
         self,
@@ -206,10 +202,12 @@ class CatalogIndex:
         allowed: npt.NDArray[np.int64] | None,
     ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.int64]]:
         if allowed is not None:
-            selector: Any = _bitmap_selector(self._bitmap(allowed))
+            mask = np.zeros(self.total, dtype=bool)
+            mask[allowed] = True
+            selector: Any = bitmap_selector(mask)
             expected = min(k, len(allowed))
         elif len(self.deleted):
-            selector = _bitmap_selector(self._live_bitmap())
+            selector = bitmap_selector(self._live_mask())
             expected = min(k, self.count)
         else:
             selector, expected = None, min(k, self.count)
@@ -281,9 +279,7 @@ class CatalogIndex:
         return None
 
     def _live_rows(self) -> npt.NDArray[np.int64]:
-        live = np.ones(self.total, dtype=bool)
-        live[self.deleted] = False
-        return np.flatnonzero(live).astype(np.int64)
+        return np.flatnonzero(self._live_mask()).astype(np.int64)
 
     def _result(
         self,
@@ -314,13 +310,6 @@ def _to_gpu(index: Any) -> Any:
         return faiss.index_cpu_to_all_gpus(index)
     except (RuntimeError, AttributeError):
         return None
-
-
-def _bitmap_selector(bitmap: npt.NDArray[np.uint8]) -> Any:
-    """Rows whose bit is set; the selector keeps its bitmap alive as long as it lives."""
-    selector: Any = faiss.IDSelectorBitmap(len(bitmap), faiss.swig_ptr(bitmap))
-    selector.referenced_bitmap = bitmap
-    return selector
 
 
 def _nlist(index: Any) -> int | None:
