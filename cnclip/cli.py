@@ -415,6 +415,9 @@ def build_parser() -> argparse.ArgumentParser:
     from cnclip.index_cli import add_index_commands
 
     add_index_commands(sub)
+    from cnclip.serve_cli import add_serve_command
+
+    add_serve_command(sub)
     return parser
 
 

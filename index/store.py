@@ -184,6 +184,10 @@ class ItemStore:
                 out[int(row)] = record
         return out
 
+    def attribute_keys(self) -> set[str]:
+        """Every attribute name a filter can use."""
+        return {str(k) for (k,) in self._db().execute("SELECT DISTINCT key FROM attributes")}
+
     def matching(self, conditions: Mapping[str, Any]) -> npt.NDArray[np.int64]:
         """Sorted live rows whose attributes match every key (any of a key's values)."""
         if not conditions:

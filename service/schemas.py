@@ -1,0 +1,221 @@
+"""Request and response bodies (the OpenAPI schema, with Chinese examples)."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
+
+FilterValue = str | int | float | bool
+Filter = dict[str, FilterValue | list[FilterValue]]
+TOP_K_MAX = 2048  # the index's limit; the service's own (CNCLIP_LIMITS__MAX_TOP_K) is lower
+EXAMPLE_B64 = "/9j/4AAQSkZJRgABAQ...（JPEG 或 PNG 的 base64）"
+
+
+class ImageInput(BaseModel):
+    """An image: ``base64`` (optionally a ``data:`` URL) or ``url``; exactly one."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={"examples": [{"url": "https://example.com/shoes.jpg"}]},
+    )
+    base64: str | None = Field(None, description="The encoded image (JPEG, PNG, WebP ...).")
+    url: str | None = Field(None, description="An http(s) URL the service fetches.")
+    _raw: bytes | None = PrivateAttr(None)  # set for multipart uploads
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> ImageInput:
+        if (self.base64 is None) == (self.url is None):
+            raise ValueError("give exactly one of base64 or url")
+        return self
+
+
+class SearchOptions(BaseModel):
+    top_k: int = Field(10, ge=1, le=TOP_K_MAX, description="How many results.")
+    filter: Filter | None = Field(
+        None,
+        description="Attribute filter: every key must match (a list matches any of it).",
+        examples=[{"category": ["连衣裙", "半身裙"]}],
+    )
+    nprobe: int | None = Field(
+        None, ge=1, le=TOP_K_MAX, description="IVF lists to visit (default: the tuned value)."
+    )
+
+
+class TextSearchRequest(SearchOptions):
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [{"query": "红色连衣裙", "top_k": 10, "filter": {"category": "女装"}}]
+        },
+    )
+    query: str = Field(..., max_length=100_000, description="The query text (Chinese).")
+
+
+class ImageSearchRequest(SearchOptions):
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [{"image": {"base64": EXAMPLE_B64}, "top_k": 10, "target": "images"}]
+        },
+    )
+    image: ImageInput
+    target: Literal["images", "texts"] = Field(
+        "images", description="Search the image catalog, or the text corpus (image to text)."
+    )
+
+
+class SearchItem(BaseModel):
+    id: str
+    score: float = Field(..., description="Cosine similarity.")
+    metadata: dict[str, Any] = Field(default_factory=dict)
+
+
+class SearchResponse(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "items": [
+                        {"id": "sku-1001", "score": 0.412, "metadata": {"title": "红色碎花连衣裙"}}
+                    ],
+                    "index_version": "v0003",
+                    "truncated": False,
+                }
+            ]
+        }
+    )
+    items: list[SearchItem]
+    index_version: str
+    truncated: bool = Field(False, description="The query had over 50 word pieces and was cut.")
+
+
+class ClassifyRequest(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {
+                    "image": {"base64": EXAMPLE_B64},
+                    "labels": ["猫", "狗", "汽车"],
+                    "templates": ["一张{}的照片。", "{}的图片。"],
+                }
+            ]
+        },
+    )
+    image: ImageInput
+    labels: list[str] = Field(..., min_length=1, description="Candidate labels, in Chinese.")
+    templates: list[str] | None = Field(
+        None,
+        min_length=1,
+        description="Prompt templates with one '{}' for the label (default: the service's).",
+    )
+    top_k: int | None = Field(None, ge=1, description="Return only the best k labels.")
+
+    @field_validator("labels")
+    @classmethod
+    def _labels(cls, labels: list[str]) -> list[str]:
+        cleaned = [label.strip() for label in labels]
+        if any(not label for label in cleaned):
+            raise ValueError("labels must not be empty")
+        if len(set(cleaned)) != len(cleaned):
+            raise ValueError("labels must be distinct")
+        return cleaned
+
+    @field_validator("templates")
+    @classmethod
+    def _templates(cls, templates: list[str] | None) -> list[str] | None:
+        if templates is not None and any(t.count("{}") != 1 for t in templates):
+            raise ValueError("each template must contain exactly one '{}' for the label")
+        return templates
+
+
+class LabelScore(BaseModel):
+    label: str
+    probability: float = Field(..., description="Softmax of logit scale x cosine.")
+    score: float = Field(..., description="Cosine similarity.")
+
+
+class ClassifyResponse(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "labels": [
+                        {"label": "猫", "probability": 0.93, "score": 0.31},
+                        {"label": "狗", "probability": 0.06, "score": 0.28},
+                    ],
+                    "templates": 2,
+                }
+            ]
+        }
+    )
+    labels: list[LabelScore]
+    templates: int = Field(..., description="How many templates were ensembled.")
+
+
+class EmbedTextRequest(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid", json_schema_extra={"examples": [{"texts": ["红色连衣裙", "白色运动鞋"]}]}
+    )
+    texts: list[str] = Field(..., min_length=1)
+
+
+class EmbedImageRequest(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid", json_schema_extra={"examples": [{"images": [{"base64": EXAMPLE_B64}]}]}
+    )
+    images: list[ImageInput] = Field(..., min_length=1)
+
+
+class EmbedResponse(BaseModel):
+    embeddings: list[list[float]] = Field(..., description="L2-normalized rows.")
+    dim: int
+    bundle_sha256: str
+    truncated: list[int] = Field(
+        default_factory=list, description="Indices of texts cut to 50 word pieces."
+    )
+
+
+class CatalogItem(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    id: str = Field(..., min_length=1, max_length=256)
+    image: ImageInput
+    metadata: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Stored with the item; string, number and boolean values can be filtered.",
+        examples=[{"title": "白色运动鞋", "category": "鞋靴", "price": 299}],
+    )
+
+
+class CatalogAddRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    items: list[CatalogItem] = Field(..., min_length=1)
+
+
+class CatalogDeleteRequest(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid", json_schema_extra={"examples": [{"ids": ["sku-1001"]}]}
+    )
+    ids: list[str] = Field(..., min_length=1)
+
+
+class CatalogInfo(BaseModel):
+    version: str
+    count: int = Field(..., description="Live items.")
+    deleted: int
+    factory: str
+    bundle_sha256: str | None
+    texts: int | None = Field(None, description="Items of the text corpus, when there is one.")
+
+
+class CatalogChange(BaseModel):
+    version: str
+    count: int
+    changed: int = Field(..., description="Items added or removed.")
+
+
+class Status(BaseModel):
+    status: str
+    bundle_sha256: str | None = None
+    index_version: str | None = None

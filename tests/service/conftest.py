@@ -1,0 +1,128 @@
+"""A tiny bundle and an index of the real photos, and a real server on a free port."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import uvicorn
+
+from export.bundle import export_bundle
+from index.build import Corpus, build_version
+from runtime.bundle import Bundle, load_bundle
+from service.app import create_app
+from service.settings import Settings
+from tests.conftest import data_root, tiny_config
+from trainer.model import build_model
+
+REDIS_URL = "redis://127.0.0.1:6379/15"
+
+
+def photos() -> list[Path]:
+    return sorted((data_root() / "coco-photos").glob("*.jpg"))
+
+
+def queries() -> list[str]:
+    lines = (data_root() / "coco-photos" / "queries.jsonl").read_text(encoding="utf-8")
+    return [json.loads(line)["query"] for line in lines.splitlines() if line.strip()]
+
+
+@pytest.fixture(scope="session")
+def bundle_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    import torch
+
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("service") / "bundle"
+    export_bundle(build_model(tiny_config("vit")).eval(), path, verify_data=data_root())
+    return path
+
+
+@pytest.fixture(scope="session")
+def bundle(bundle_dir: Path) -> Bundle:
+    return load_bundle(bundle_dir, threads=1)
+
+
+@pytest.fixture(scope="session")
+def index_template(bundle: Bundle, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The photos (ids photo-0..), two categories, and their queries as the text corpus."""
+    files = photos()
+    vectors = bundle.encode_images(files)
+    ids = [f"photo-{i}" for i in range(len(files))]
+    items = [
+        {"id": ids[i], "title": f.stem, "category": "街景" if i % 2 else "室内", "price": 10 * i}
+        for i, f in enumerate(files)
+    ]
+    texts = queries()
+    text_corpus = Corpus(
+        bundle.encode_texts(texts),
+        [f"text-{i}" for i in range(len(texts))],
+        [{"id": f"text-{i}", "title": t} for i, t in enumerate(texts)],
+    )
+    root = tmp_path_factory.mktemp("service") / "index"
+    build_version(
+        root,
+        Corpus(vectors, ids, items),
+        bundle_sha256=bundle.sha256,
+        texts=text_corpus,
+        progress=False,
+    )
+    return root
+
+
+@pytest.fixture
+def index_root(index_template: Path, tmp_path: Path) -> Path:
+    """A copy each test may change."""
+    root = tmp_path / "index"
+    shutil.copytree(index_template, root)
+    return root
+
+
+def make_settings(bundle_dir: Path, index: Path | None, **overrides: Any) -> Settings:
+    values: dict[str, Any] = {"bundle": bundle_dir, "index": index, "threads": 1}
+    values.update(overrides)
+    return Settings(**values)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@contextmanager
+def running(settings: Settings) -> Iterator[str]:
+    """A real uvicorn server for ``settings`` on a free port: yields its base URL."""
+    port = free_port()
+    config = uvicorn.Config(
+        create_app(settings), host="127.0.0.1", port=port, log_level="warning", lifespan="on"
+    )
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 60
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            raise RuntimeError("the test server did not start")
+        time.sleep(0.02)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(30)
+
+
+def photo_bytes(i: int = 0) -> bytes:
+    return photos()[i].read_bytes()
+
+
+def vector_close(a: list[float], b: np.ndarray, tol: float = 1e-4) -> bool:
+    return bool(np.allclose(np.asarray(a, dtype=np.float32), b, atol=tol))
