@@ -1,0 +1,101 @@
+"""``cnclip serve``: clear errors before starting, and several workers sharing metrics."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from cnclip.cli import main
+from index.build import Corpus, build_version
+from runtime.bundle import Bundle
+from tests.service.conftest import free_port, photos
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture
+def clean_environment() -> Iterator[None]:
+    """``cnclip serve`` passes its options to workers as CNCLIP_* variables."""
+    saved = dict(os.environ)
+    yield
+    os.environ.clear()
+    os.environ.update(saved)
+
+
+@pytest.mark.usefixtures("clean_environment")
+def test_mistakes_are_reported_before_serving(
+    bundle_dir: Path, bundle: Bundle, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["serve", "--bundle", str(tmp_path / "nothing")]) == 2
+    assert "not a model bundle" in capsys.readouterr().err
+    other = tmp_path / "other"
+    vectors = bundle.encode_images(photos()[:2])
+    build_version(other, Corpus(vectors, ["a", "b"]), bundle_sha256="f" * 64, progress=False)
+    assert main(["serve", "--bundle", str(bundle_dir), "--index", str(other)]) == 2
+    assert "rebuild it with this bundle" in capsys.readouterr().err
+    assert main(["serve", "--bundle", str(bundle_dir), "--workers", "0"]) == 2
+    assert "workers" in capsys.readouterr().err
+
+
+def test_two_workers_serve_and_add_up_their_metrics(
+    bundle_dir: Path, index_root: Path, tmp_path: Path
+) -> None:
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CNCLIP_")}
+    env["PROMETHEUS_MULTIPROC_DIR"] = str(tmp_path / "metrics")
+    (tmp_path / "metrics").mkdir()
+    command = [
+        sys.executable,
+        "-m",
+        "cnclip.cli",
+        "serve",
+        "--bundle",
+        str(bundle_dir),
+        "--index",
+        str(index_root),
+        "--port",
+        str(port),
+        "--workers",
+        "2",
+        "--threads",
+        "1",
+        "--log-level",
+        "warning",
+    ]
+    server = subprocess.Popen(command, cwd=ROOT, env=env, stderr=subprocess.PIPE, text=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                if httpx.get(url + "/readyz").status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert server.poll() is None, server.stderr.read() if server.stderr else ""
+            assert time.monotonic() < deadline, "cnclip serve did not become ready"
+            time.sleep(0.2)
+        with httpx.Client(base_url=url) as c:  # new connections spread over the workers
+            for i in range(20):
+                r = c.post(
+                    "/v1/search/text", json={"query": f"猫{i}"}, headers={"Connection": "close"}
+                )
+                assert r.status_code == 200
+        text = httpx.get(url + "/metrics").text
+    finally:
+        server.terminate()
+        server.wait(30)
+    line = next(
+        x
+        for x in text.splitlines()
+        if x.startswith('cnclip_request_duration_seconds_count{endpoint="/v1/search/text"')
+    )
+    assert float(line.rsplit(" ", 1)[1]) == 20
+    assert len(list((tmp_path / "metrics").glob("*.db"))) >= 2
