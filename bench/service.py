@@ -585,7 +585,7 @@ def write_results(
         f"{setup['search']}",
         f"- server: uvicorn `{setup['app']}`, CNCLIP_THREADS={THREADS}; "
         "load: bench/loadgen.py in its own process, keep-alive connections sending back "
-        "to back, or (\"at N/s\") on a fixed schedule with latency counted from the "
+        'to back, or ("at N/s") on a fixed schedule with latency counted from the '
         "scheduled time, after a warm-up",
         "- queries: distinct COCO-CN captions (<= 40 characters); cached: 200 of them, each "
         "sent once before the run; images: the 14 COCO photos as base64 JSON",
