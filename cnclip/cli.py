@@ -418,6 +418,9 @@ def build_parser() -> argparse.ArgumentParser:
     from cnclip.serve_cli import add_serve_command
 
     add_serve_command(sub)
+    from cnclip.eval_cli import add_eval_commands
+
+    add_eval_commands(sub)
     return parser
 
 

@@ -21,6 +21,7 @@ import numpy.typing as npt
 from runtime.bundle import Bundle
 from runtime.images import load_image, preprocess
 from runtime.retrieval import class_embeddings
+from runtime.templates import PROMPT_TEMPLATES
 from service.batcher import DynamicBatcher, pad_token_rows
 from service.cache import Cache, cache_key, normalize_text
 from service.catalog import IndexHolder, Served
@@ -36,7 +37,6 @@ from service.schemas import (
     TextSearchRequest,
 )
 from service.settings import Settings
-from service.templates import DEFAULT_TEMPLATES
 
 Rows = npt.NDArray[np.float32]
 
@@ -308,7 +308,7 @@ class Engine:
                 "too_many_labels",
                 f"{len(request.labels)} labels; at most {self.limits.max_labels}",
             )
-        templates = request.templates or list(DEFAULT_TEMPLATES)
+        templates = request.templates or list(PROMPT_TEMPLATES)
         if len(templates) > self.limits.max_templates:
             raise ApiError(
                 400,

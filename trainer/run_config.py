@@ -19,21 +19,9 @@ from typing import Any, Literal, TypeVar, Union
 import yaml
 
 from runtime.errors import ConfigError
+from runtime.templates import CAPTION_TEMPLATES
 
 DataKind = Literal["official", "lmdb", "wds", "catalog", "imagefolder"]
-
-# Captions for classification data (ImageFolder) and prompts for zero-shot
-# validation: short Chinese phrasings of "a photo of a {}", written for this project.
-DEFAULT_TEMPLATES: tuple[str, ...] = (
-    "一张{}的照片。",
-    "{}的图片",
-    "这是一张{}的照片",
-    "一张模糊的{}的照片",
-    "一张清晰的{}的照片",
-    "一张小的{}的照片",
-    "一张大的{}的照片",
-    "{}",
-)
 
 
 @dataclass
@@ -78,7 +66,7 @@ class DataSection:
     split: str = "train"
     class_names: str | None = None
     root: str | None = None
-    templates: list[str] = field(default_factory=lambda: list(DEFAULT_TEMPLATES))
+    templates: list[str] = field(default_factory=lambda: list(CAPTION_TEMPLATES))
     num_samples: int | None = None
     max_samples: int | None = None
 

@@ -14,7 +14,7 @@ import pytest
 
 from runtime.bundle import Bundle
 from runtime.retrieval import class_embeddings
-from service.templates import DEFAULT_TEMPLATES
+from runtime.templates import PROMPT_TEMPLATES
 from tests.service.conftest import make_settings, photo_bytes, photos, queries, running
 
 
@@ -97,10 +97,10 @@ def test_classify_ranks_labels_by_ensembled_prompts(client: httpx.Client, bundle
     )
     assert r.status_code == 200, r.text
     body = r.json()
-    assert body["templates"] == len(DEFAULT_TEMPLATES)
-    prompts = [t.replace("{}", label) for label in labels for t in DEFAULT_TEMPLATES]
+    assert body["templates"] == len(PROMPT_TEMPLATES)
+    prompts = [t.replace("{}", label) for label in labels for t in PROMPT_TEMPLATES]
     classes = class_embeddings(
-        bundle.encode_texts(prompts).reshape(len(labels), len(DEFAULT_TEMPLATES), -1)
+        bundle.encode_texts(prompts).reshape(len(labels), len(PROMPT_TEMPLATES), -1)
     )
     cosine = classes @ bundle.encode_images([photos()[1]])[0]
     logits = bundle.logit_scale * cosine

@@ -216,6 +216,11 @@ class ImageFolderSource:
         """The class index of every record, in order."""
         return list(self._labels)
 
+    @property
+    def keys(self) -> list[str]:
+        """The key (path below the class root) of every record, in order."""
+        return list(self._keys)
+
     def get(self, index: int) -> Record:
         if not 0 <= index < len(self):
             raise IndexError(f"image {index} out of range for {len(self)} images")

@@ -1,0 +1,216 @@
+"""What is evaluated: a model bundle (no torch) or a PyTorch checkpoint, behind one protocol.
+
+:func:`open_model` tells them apart: a directory with a ``manifest.json`` is a bundle
+written by ``cnclip export``; anything else is a checkpoint (an official
+``clip_cn_<arch>.pt``, one of ours, or a Hugging Face directory), loaded through the
+trainer, which imports torch only then.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import numpy.typing as npt
+
+from runtime.errors import CnClipError
+from runtime.images import PreprocessConfig
+from runtime.retrieval import normalize
+from runtime.tokenizer import ChineseTokenizer
+
+FloatArray = npt.NDArray[np.float32]
+
+
+class EvalModel(Protocol):
+    """The two towers, their tokenizer and preprocessing; outputs are unit rows."""
+
+    @property
+    def info(self) -> ModelInfo: ...
+
+    @property
+    def tokenizer(self) -> ChineseTokenizer: ...
+
+    @property
+    def preprocess_config(self) -> PreprocessConfig: ...
+
+    @property
+    def logit_scale(self) -> float: ...
+
+    def encode_token_ids(self, ids: npt.NDArray[np.int64]) -> FloatArray: ...
+
+    def encode_pixels(self, pixels: FloatArray) -> FloatArray: ...
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """How a model is named in reports: ``label`` (unique within a comparison), ``kind``
+    (``checkpoint`` or ``bundle``), ``precision`` and the rest of its description."""
+
+    label: str
+    kind: str
+    path: str
+    precision: str
+    architecture: str
+    backend: str
+    details: dict[str, Any] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "label": self.label,
+            "kind": self.kind,
+            "path": self.path,
+            "precision": self.precision,
+            "architecture": self.architecture,
+            "backend": self.backend,
+            **self.details,
+        }
+
+
+class BundleModel:
+    """A bundle's ONNX (or TensorRT, torch-cuda) towers through :mod:`runtime`."""
+
+    def __init__(self, bundle: Any, label: str, backend: str) -> None:
+        self.bundle = bundle
+        manifest = bundle.manifest
+        precision = str(manifest.get("precision", "fp32"))
+        self._info = ModelInfo(
+            label=label,
+            kind="bundle",
+            path=str(bundle.directory),
+            precision=precision,
+            architecture=str(manifest.get("architecture") or "custom"),
+            backend=backend,
+            details={"bundle_sha256": bundle.sha256},
+        )
+
+    @property
+    def info(self) -> ModelInfo:
+        return self._info
+
+    @property
+    def tokenizer(self) -> ChineseTokenizer:
+        tokenizer: ChineseTokenizer = self.bundle.tokenizer
+        return tokenizer
+
+    @property
+    def preprocess_config(self) -> PreprocessConfig:
+        config: PreprocessConfig = self.bundle.preprocess_config
+        return config
+
+    @property
+    def logit_scale(self) -> float:
+        return float(self.bundle.logit_scale)
+
+    def encode_token_ids(self, ids: npt.NDArray[np.int64]) -> FloatArray:
+        return normalize(self.bundle.encode_token_ids(ids))
+
+    def encode_pixels(self, pixels: FloatArray) -> FloatArray:
+        return normalize(self.bundle.encode_pixels(pixels))
+
+
+class CheckpointModel:
+    """A PyTorch checkpoint on the CPU or a CUDA device (imports torch)."""
+
+    def __init__(self, path: Path, label: str, arch: str | None, device: str) -> None:
+        import torch
+
+        from trainer.checkpoints import load_checkpoint
+        from trainer.embed import resolve_device
+
+        self._torch = torch
+        self.device = resolve_device(device)  # fail before reading gigabytes
+        loaded = load_checkpoint(path, arch, device="cpu")
+        self.model = loaded.model.eval().to(self.device)
+        config = loaded.config
+        self._tokenizer = ChineseTokenizer(context_length=config.context_length)
+        self._preprocess = PreprocessConfig(image_size=config.vision.image_size)
+        self._logit_scale = float(self.model.logit_scale.detach().exp().cpu())
+        self._info = ModelInfo(
+            label=label,
+            kind="checkpoint",
+            path=str(path),
+            precision="fp32",
+            architecture=config.name,
+            backend=f"torch-{self.device.type}",
+            details={"checkpoint_format": loaded.format},
+        )
+
+    @property
+    def info(self) -> ModelInfo:
+        return self._info
+
+    @property
+    def tokenizer(self) -> ChineseTokenizer:
+        return self._tokenizer
+
+    @property
+    def preprocess_config(self) -> PreprocessConfig:
+        return self._preprocess
+
+    @property
+    def logit_scale(self) -> float:
+        return self._logit_scale
+
+    def encode_token_ids(self, ids: npt.NDArray[np.int64]) -> FloatArray:
+        with self._torch.inference_mode():
+            out = self.model.encode_text(self._torch.from_numpy(ids).to(self.device))
+        return normalize(out.float().cpu().numpy())
+
+    def encode_pixels(self, pixels: FloatArray) -> FloatArray:
+        with self._torch.inference_mode():
+            out = self.model.encode_image(self._torch.from_numpy(pixels).to(self.device))
+        return normalize(out.float().cpu().numpy())
+
+
+def is_bundle(path: str | os.PathLike[str]) -> bool:
+    return (Path(path) / "manifest.json").is_file()
+
+
+def default_label(path: str | os.PathLike[str], precision: str | None = None) -> str:
+    """The file or directory name, with the precision unless the name says it already."""
+    name = Path(path).name or str(path)
+    return name if not precision or precision in name else f"{name} ({precision})"
+
+
+def open_model(
+    path: str | os.PathLike[str],
+    *,
+    label: str | None = None,
+    arch: str | None = None,
+    backend_options: Any = None,
+    device: str = "cpu",
+) -> EvalModel:
+    """A bundle directory or a checkpoint, ready to encode.
+
+    Args:
+        path: a bundle directory (with ``manifest.json``) or a checkpoint.
+        label: the name in reports (default: the file or directory name and, for a
+            bundle, its precision).
+        arch: for a checkpoint, the official architecture it must hold.
+        backend_options: for a bundle, :class:`runtime.sessions.BackendOptions`
+            (default: ONNX Runtime on the CPU).
+        device: for a checkpoint, ``cpu``, ``cuda`` or ``cuda:N``.
+
+    Raises:
+        CnClipError: a missing path, an unreadable bundle or checkpoint (one line).
+    """
+    p = Path(path)
+    if not p.exists():
+        raise CnClipError(f"{p}: no such model (give a bundle directory or a checkpoint)")
+    if is_bundle(p):
+        from runtime.bundle import load_bundle
+        from runtime.sessions import BackendOptions
+
+        options = backend_options or BackendOptions()
+        bundle = load_bundle(p, options=options)
+        precision = str(bundle.manifest.get("precision", "fp32"))
+        return BundleModel(bundle, label or default_label(p, precision), options.backend)
+    if p.is_dir() and not (p / "config.json").is_file():
+        raise CnClipError(
+            f"{p}: a directory with neither manifest.json (a bundle) nor config.json "
+            "(a Hugging Face checkpoint)"
+        )
+    return CheckpointModel(p, label or default_label(p), arch, device)
