@@ -80,6 +80,14 @@ def embed_texts(
             dim = vectors.shape[1]
             parts.append(vectors)
             bar.update(len(batch.ids))
+    if truncated:
+        log.warning(
+            "%d of %d texts were longer than the context and were truncated, as the official "
+            "models were trained (first at position %d)",
+            len(truncated),
+            len(texts),
+            truncated[0],
+        )
     if not parts:
         return EmbeddedTexts(np.zeros((0, dim or 0), dtype=np.float32))
     return EmbeddedTexts(np.concatenate(parts), truncated)

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from cn_clip.eval import evaluation as official_t2i
 from cn_clip.eval import evaluation_tr as official_i2t
 
@@ -210,3 +211,13 @@ def test_prediction_ids_are_written_as_in_the_official_files(
     assert all(len(set(r["image_ids"])) == len(r["image_ids"]) == 8 for r in rows)
     assert not list(tmp_path.glob(".*"))  # no temporary files left behind
     assert np.isfinite(run.metrics["mean_recall"])
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_a_checkpoint_on_the_gpu_agrees_with_the_cpu(tiny_checkpoint: Path, mixed: Path) -> None:
+    data = load_retrieval_data(mixed, "valid")
+    cpu = evaluate_retrieval(open_model(tiny_checkpoint), data, progress=False)
+    gpu = evaluate_retrieval(open_model(tiny_checkpoint, device="cuda"), data, progress=False)
+    for direction in ("t2i", "i2t"):
+        for key in ("r1", "r5", "r10"):
+            assert abs(cpu.metrics[direction][key] - gpu.metrics[direction][key]) <= 100 / 14 + 1e-9
