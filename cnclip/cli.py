@@ -421,6 +421,9 @@ def build_parser() -> argparse.ArgumentParser:
     from cnclip.eval_cli import add_eval_commands
 
     add_eval_commands(sub)
+    from cnclip.demo_cli import add_demo_command
+
+    add_demo_command(sub)
     return parser
 
 

@@ -26,6 +26,7 @@ from service.metrics import Metrics
 from service.middleware import Gatekeeper
 from service.routes import catalog, classify_router, embed, search, system
 from service.settings import Settings
+from service.ui import install_ui
 
 log = logging.getLogger("cnclip.service")
 DESCRIPTION = """Chinese CLIP retrieval: text to image and image to image or text search over
@@ -67,6 +68,9 @@ def _check(settings: Settings) -> None:
         )
     if not (settings.bundle / "manifest.json").is_file():
         raise ConfigError(f"{settings.bundle}: not a model bundle (no manifest.json)")
+    media = settings.ui.media_dir
+    if settings.ui.enabled and media is not None and not media.is_dir():
+        raise ConfigError(f"ui.media_dir {media}: not a directory")
 
 
 async def _start(app: FastAPI, settings: Settings, metrics: Metrics) -> Engine:
@@ -134,6 +138,7 @@ def create_app(settings: Settings) -> FastAPI:
     install_handlers(app)
     for router in (search, classify_router, embed, catalog, system):
         app.include_router(router)
+    install_ui(app, settings)
     if settings.security.cors_origins:
         app.add_middleware(
             CORSMiddleware,

@@ -72,6 +72,16 @@ class SecuritySettings(BaseModel):
     cors_origins: list[str] = Field(default_factory=list)
 
 
+class UiSettings(BaseModel):
+    """The search page at ``/`` (off by default; ``cnclip demo`` turns it on)."""
+
+    enabled: bool = False
+    #: a folder served under ``/media/``: items whose metadata has ``image_url`` show it
+    media_dir: Path | None = None
+    #: labels the page offers for zero-shot classification of an uploaded picture
+    labels: list[str] = Field(default_factory=lambda: ["杯子", "T恤", "帽子", "雨伞", "包", "鞋子"])
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="CNCLIP_", env_nested_delimiter="__", extra="ignore"
@@ -99,6 +109,7 @@ class Settings(BaseSettings):
     limits: LimitSettings = LimitSettings()
     fetch: FetchSettings = FetchSettings()
     security: SecuritySettings = SecuritySettings()
+    ui: UiSettings = UiSettings()
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=0, le=65535)
     workers: int = Field(1, ge=1)
