@@ -3,9 +3,10 @@
 #   chromium             the browser test of the demo's search page (headless, via Playwright)
 #   prometheus           the monitoring test (started by the test itself, on loopback)
 #   fonts-wqy-microhei   Chinese glyphs for screenshots and confusion-matrix pictures
+#   docker-compose       validates docker-compose.yml in the tests (docker-compose config)
 set -euo pipefail
 
-wanted=(chromium prometheus fonts-wqy-microhei)
+wanted=(chromium prometheus fonts-wqy-microhei docker-compose)
 missing=()
 for package in "${wanted[@]}"; do
     if ! dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed"; then
