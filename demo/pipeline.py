@@ -165,6 +165,7 @@ def build_demo(
     root.mkdir(parents=True, exist_ok=True)
     report: dict[str, Any] = {"scale": scale, **asdict(chosen), "seconds": {}}
     data = root / "data"
+    (root / "report.json").unlink(missing_ok=True)  # not built until the end
 
     done = _step("drawing the catalogs", report, say)
     write_catalog(data, chosen.train_per_title, seed=1, name="train")
@@ -227,7 +228,9 @@ def build_demo(
         f"demo: {sum(hits)} of {len(titles)} titles find an item of their colour and kind "
         f"first ({100 * float(np.mean(hits)):.0f}%)"
     )
-    (root / "report.json").write_text(json.dumps(report, ensure_ascii=False, indent=2) + "\n")
+    tmp = root / "report.json.tmp"  # written last and whole: --reuse trusts it
+    tmp.write_text(json.dumps(report, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
+    os.replace(tmp, root / "report.json")
     return DemoResult(root, bundle_dir, index_root, data, report)
 
 

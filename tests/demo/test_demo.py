@@ -14,8 +14,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from cnclip.cli import main
 from demo.catalog import COLOURS, KINDS, draw_item, write_catalog
-from demo.pipeline import DemoResult, build_demo, demo_settings
+from demo.pipeline import DemoResult, demo_settings
 from tests.service.conftest import running
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
@@ -23,7 +24,11 @@ CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory: pytest.TempPathFactory) -> DemoResult:
-    return build_demo(tmp_path_factory.mktemp("demo"), "small", progress=False, say=lambda _: None)
+    """What ``make demo`` runs, at the small scale and without serving (``--no-serve``)."""
+    work = tmp_path_factory.mktemp("demo") / "work"
+    assert main(["demo", "--scale", "small", "--no-serve", "--work", str(work)]) == 0
+    report = json.loads((work / "report.json").read_text(encoding="utf-8"))
+    return DemoResult(work, work / "bundle", work / "index", work / "data", report)
 
 
 @pytest.fixture(scope="module")
