@@ -230,6 +230,11 @@ def run_retrieval_command(args: argparse.Namespace) -> int:
     directions = ["t2i", "i2t"] if args.direction == "both" else [args.direction]
     if not Path(args.data).is_dir():
         raise CnClipError(f"--data {args.data}: not a directory")
+    if args.index and args.export:
+        raise CnClipError(
+            "--index with --export: an index holds the vectors of the bundle that built it, "
+            "not of freshly exported ones; evaluate the exports without --index"
+        )
     report = run_retrieval(
         _specs(args, out),
         args.data,

@@ -121,6 +121,7 @@ def run_retrieval(
         import index as index_package
 
         catalog = index_package.load(Path(index))
+        _check_bundles_against(catalog, specs)  # before any model is evaluated
     report = _header("retrieval", Path(data_dir).name, options)
     report.update(split=split, directions=list(dict.fromkeys(directions)), models=[])
     if index is not None:
@@ -156,6 +157,21 @@ def run_retrieval(
         data.close()
     write_report(report, out, f"retrieval-{split}")
     return report
+
+
+def _check_bundles_against(catalog: Any, specs: Sequence[ModelSpec]) -> None:
+    """Refuse bundles the index was not built with, before spending time on any model."""
+    from runtime.bundle import file_sha256
+
+    wanted = catalog.bundle_sha256
+    for spec in specs:
+        manifest = Path(spec.path) / "manifest.json"
+        if wanted and manifest.is_file() and file_sha256(manifest) != wanted:
+            raise CnClipError(
+                f"the index was built with bundle {wanted[:12]}, not with {spec.path}; its "
+                "vectors are not comparable: evaluate without --index or with the bundle "
+                "that built it"
+            )
 
 
 def _check_index(catalog: Any, model: Any) -> None:

@@ -4,9 +4,10 @@
 #   prometheus           the monitoring test (started by the test itself, on loopback)
 #   fonts-wqy-microhei   Chinese glyphs for screenshots and confusion-matrix pictures
 #   docker-compose       validates docker-compose.yml in the tests (docker-compose config)
+#   nginx-light          checks the gateway configuration in the tests (nginx -t)
 set -euo pipefail
 
-wanted=(chromium prometheus fonts-wqy-microhei docker-compose)
+wanted=(chromium prometheus fonts-wqy-microhei docker-compose nginx-light)
 missing=()
 for package in "${wanted[@]}"; do
     if ! dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed"; then

@@ -140,3 +140,26 @@ def test_images_run_as_a_user_and_check_health(name: str) -> None:
         assert "torch" not in text.split("FROM")[-1] or name == "Dockerfile.gpu"
     for source in re.findall(r"^COPY (?!--from)(\S+)", text, flags=re.M):
         assert (ROOT / source).exists(), f"{name} copies {source}, which does not exist"
+
+
+def test_the_gateway_configuration_is_valid(tmp_path: Path) -> None:
+    nginx = shutil.which("nginx") or "/usr/sbin/nginx"
+    assert Path(nginx).is_file(), "nginx is installed by make install (scripts/system-deps.sh)"
+    (tmp_path / "logs").mkdir()
+    result = subprocess.run(
+        [
+            nginx,
+            "-t",
+            "-c",
+            str(ROOT / "deploy" / "nginx" / "nginx.conf"),
+            "-p",
+            str(tmp_path),
+            "-g",
+            f"pid {tmp_path}/nginx.pid; error_log {tmp_path}/error.log;",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "test is successful" in result.stderr

@@ -70,6 +70,7 @@ def test_zeroshot_from_an_archive_with_labels(
         (["--data", "{muge}", "--label", "a", "--label", "b"], "2 --label for 1 --model"),
         (["--data", "{muge}", "--batch-size", "0"], "--batch-size must be a positive"),
         (["--data", "{muge}", "--nprobe", "0"], "--nprobe must be a positive"),
+        (["--data", "{muge}", "--index", "{muge}", "--export", "int8"], "--index with --export"),
         (["--data", "{muge}", "--index", "{muge}"], "neither an index version nor an index root"),
     ],
 )
@@ -121,3 +122,22 @@ def test_no_half_written_results_when_a_run_fails(
     assert main([*args, str(broken), "--out", str(out), "--no-progress"]) == 2
     assert (out / "retrieval-valid.json").read_bytes() == before
     assert not [p for p in os.listdir(out) if p.startswith(".")]
+
+
+def test_an_index_of_another_bundle_is_refused_before_any_work(
+    tiny_bundle: Path, data_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import numpy as np
+
+    from index.build import Corpus, build_version
+
+    vectors = np.eye(8, 32, dtype=np.float32)
+    corpus = Corpus(vectors, [str(i) for i in range(8)], [{} for _ in range(8)])
+    version = build_version(
+        tmp_path / "idx", corpus, bundle_sha256="0" * 64, factory="Flat", progress=False
+    )
+    args = ["eval", "retrieval", "--model", str(tiny_bundle), "--index", str(version)]
+    args += ["--data", str(data_dir / "muge-sample"), "--out", str(tmp_path / "o")]
+    assert main([*args, "--no-progress"]) == 2
+    assert "the index was built with bundle 000000000000" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
