@@ -73,6 +73,32 @@ def test_the_dashboard_covers_what_the_issue_asks() -> None:
         assert topic in titles, topic
 
 
+def test_the_dashboard_layout_and_configuration_are_sound() -> None:
+    dashboard = json.loads(DASHBOARD.read_text(encoding="utf-8"))
+    panels = dashboard["panels"]
+    assert len({p["id"] for p in panels}) == len(panels)
+    cells: set[tuple[int, int]] = set()
+    for panel in panels:
+        g = panel["gridPos"]
+        assert g["x"] >= 0 and g["x"] + g["w"] <= 24, panel["title"]
+        covered = {
+            (x, y) for x in range(g["x"], g["x"] + g["w"]) for y in range(g["y"], g["y"] + g["h"])
+        }
+        assert not covered & cells, f"{panel['title']} overlaps another panel"
+        cells |= covered
+        assert panel["datasource"]["uid"] == "prometheus" and panel["targets"]
+    datasource = yaml.safe_load(
+        (ROOT / "deploy/grafana/provisioning/datasources/prometheus.yml").read_text()
+    )["datasources"][0]
+    assert datasource["uid"] == "prometheus" and datasource["url"] == "http://prometheus:9090"
+    promtool = shutil.which("promtool")
+    assert promtool, "promtool comes with Debian's prometheus package (scripts/system-deps.sh)"
+    check = subprocess.run(
+        [promtool, "check", "config", str(SCRAPE_CONFIG)], capture_output=True, text=True
+    )
+    assert check.returncode == 0, check.stdout + check.stderr
+
+
 def test_every_metric_of_the_dashboard_is_exported(bundle_dir: Path, index_root: Path) -> None:
     with running(make_settings(bundle_dir, index_root)) as url:
         exposition = httpx.get(f"{url}/metrics", timeout=10).text
