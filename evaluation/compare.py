@@ -128,7 +128,7 @@ def run_retrieval(
         report["index"] = str(index)
     try:
         for model, label in _models(specs):
-            _check_index(catalog, model)
+            _warn_if_checkpoint(catalog, model)
             run = evaluate_retrieval(
                 model,
                 data,
@@ -174,18 +174,9 @@ def _check_bundles_against(catalog: Any, specs: Sequence[ModelSpec]) -> None:
             )
 
 
-def _check_index(catalog: Any, model: Any) -> None:
-    if catalog is None:
-        return
-    wanted = catalog.bundle_sha256
-    have = model.info.details.get("bundle_sha256")
-    if wanted and have and wanted != have:
-        raise CnClipError(
-            f"the index was built with bundle {wanted[:12]}, not with {model.info.label} "
-            f"({have[:12]}); its vectors are not comparable: evaluate without --index or "
-            "with the bundle that built it"
-        )
-    if have is None:
+def _warn_if_checkpoint(catalog: Any, model: Any) -> None:
+    """Bundles were checked against the index already; a checkpoint cannot be."""
+    if catalog is not None and model.info.kind == "checkpoint":
         log.warning(
             "%s: a checkpoint; cannot check that the index was built with the same weights",
             model.info.label,

@@ -190,7 +190,6 @@ class RetrievalRun:
     t2i: dict[Id, list[str]]
     i2t: dict[str, list[Id]]
     seconds: dict[str, float]
-    truncated_texts: int = 0
     failed_images: list[tuple[str, str]] = field(default_factory=list)
 
 
@@ -249,7 +248,8 @@ def evaluate_retrieval(
     seconds["embed_texts"] = time.perf_counter() - started
 
     started = time.perf_counter()
-    usable = {data.image_ids[i] for i in images.kept} if images is not None else set(data.image_ids)
+    kept_ids = [data.image_ids[i] for i in images.kept] if images is not None else []
+    usable = set(kept_ids) if images is not None else set(data.image_ids)
     reference = {tid: rel for tid, rel in zip(data.text_ids, data.relevant, strict=True)}
     metrics: dict[str, Any] = {}
     t2i: dict[Id, list[str]] = {}
@@ -260,7 +260,6 @@ def evaluate_retrieval(
             t2i = {tid: list(ids) for tid, ids in zip(data.text_ids, found, strict=True)}
         else:
             assert images is not None
-            kept_ids = [data.image_ids[i] for i in images.kept]
             rows, _ = top_k(texts.vectors, images.vectors, TOP_K)
             t2i = {
                 tid: [kept_ids[r] for r in ranked]
@@ -271,7 +270,6 @@ def evaluate_retrieval(
         assert images is not None
         # Images that were annotated but could not be used have no prediction: left out.
         inverted = {img: ts for img, ts in invert(reference).items() if img in usable}
-        kept_ids = [data.image_ids[i] for i in images.kept]
         rows, _ = top_k(images.vectors, texts.vectors, TOP_K)
         i2t = {
             image_id: [data.text_ids[r] for r in ranked]
@@ -300,7 +298,7 @@ def evaluate_retrieval(
             no_image,
             len(data.texts),
         )
-    return RetrievalRun(metrics, counts, t2i, i2t, seconds, len(texts.truncated), failed)
+    return RetrievalRun(metrics, counts, t2i, i2t, seconds, failed)
 
 
 # ---------------------------------------------------------------- prediction files
