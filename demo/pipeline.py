@@ -28,6 +28,7 @@ from typing import Any
 import yaml
 
 from demo.catalog import COLOURS, KINDS, title, write_catalog
+from runtime.files import write_atomically
 
 log = logging.getLogger(__name__)
 
@@ -228,9 +229,9 @@ def build_demo(
         f"demo: {sum(hits)} of {len(titles)} titles find an item of their colour and kind "
         f"first ({100 * float(np.mean(hits)):.0f}%)"
     )
-    tmp = root / "report.json.tmp"  # written last and whole: --reuse trusts it
-    tmp.write_text(json.dumps(report, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
-    os.replace(tmp, root / "report.json")
+    # Written last and whole: --reuse trusts it.
+    text = json.dumps(report, ensure_ascii=False, indent=2) + "\n"
+    write_atomically(root / "report.json", text.encode("utf-8"))
     return DemoResult(root, bundle_dir, index_root, data, report)
 
 

@@ -10,6 +10,7 @@ report's tables keep the Chinese names.
 
 from __future__ import annotations
 
+import io
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -17,6 +18,8 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 from PIL import Image, ImageDraw, ImageFont
+
+from runtime.files import write_atomically
 
 FontType = ImageFont.FreeTypeFont | ImageFont.ImageFont
 
@@ -84,8 +87,6 @@ def render_confusion(
     title: str = "",
 ) -> Path:
     """Draw ``matrix`` (``[true, predicted]`` counts) to ``path`` (PNG); returns the path."""
-    from evaluation.report import atomic_write_bytes
-
     m = np.asarray(matrix, dtype=np.int64)
     n = m.shape[0]
     cell = max(1, min(40, MAX_SIDE // max(n, 1)))
@@ -123,9 +124,6 @@ def render_confusion(
             strip = Image.new("RGB", (label_w, cell), "white")
             ImageDraw.Draw(strip).text((2, (cell - font_size) / 2), name, fill="black", font=font)
             image.paste(strip.rotate(90, expand=True), (left + i * cell, top - label_w - 2))
-    out = Path(path)
-    import io
-
     buffer = io.BytesIO()
     image.save(buffer, format="PNG")
-    return atomic_write_bytes(out, buffer.getvalue())
+    return write_atomically(path, buffer.getvalue())

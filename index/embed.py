@@ -61,6 +61,7 @@ from runtime.errors import (
     ImageTooLargeError,
     InvalidImageError,
 )
+from runtime.files import write_atomically as _write_atomic
 from runtime.images import PreprocessConfig, load_image, preprocess
 
 __all__ = [
@@ -727,20 +728,6 @@ def _join_shards(
 
 def _temporary(path: Path) -> Path:
     return path.with_name(f".{path.name}.tmp")
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    """Write ``data`` to a temporary file, sync it and rename it over ``path``."""
-    temporary = _temporary(path)
-    try:
-        with temporary.open("wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        temporary.unlink(missing_ok=True)
-        raise
 
 
 def _npy_bytes(array: npt.NDArray[np.float32]) -> bytes:

@@ -35,7 +35,6 @@ import json
 import logging
 import os
 import re
-import tempfile
 import threading
 import warnings
 from collections import deque
@@ -49,6 +48,7 @@ import numpy as np
 import numpy.typing as npt
 
 from runtime.errors import ConfigError
+from runtime.files import write_atomically as _atomic_write
 from runtime.sessions import SessionError
 
 log = logging.getLogger(__name__)
@@ -267,22 +267,6 @@ def _file_lock(path: Path) -> Iterator[None]:
             fcntl.flock(fd, fcntl.LOCK_UN)
     finally:
         os.close(fd)
-
-
-def _atomic_write(path: Path, data: Any) -> None:
-    """Write ``data`` (bytes or any buffer) to ``path`` all at once: temp file, fsync, rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
 
 
 # ---------------------------------------------------------------- TensorRT logging
