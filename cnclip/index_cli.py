@@ -42,17 +42,14 @@ def _corpus(args: argparse.Namespace, work: Path) -> Any:
 
     progress = not args.quiet
     if args.catalog:
-        from index.embed import embed_catalog, read_catalog
+        from index.build import catalog_corpus
         from runtime.bundle import load_bundle
 
-        catalog = Path(args.catalog)
-        items = read_catalog(catalog)
         bundle = load_bundle(args.bundle, threads=args.threads)
-        embedded = embed_catalog(
+        corpus, embedded = catalog_corpus(
             bundle,
-            items,
+            args.catalog,
             work,
-            base_dir=catalog.parent,
             batch_size=args.batch_size,
             workers=args.workers,
             progress=progress,
@@ -62,8 +59,7 @@ def _corpus(args: argparse.Namespace, work: Path) -> Any:
                 f"{len(embedded.rejects)} images could not be used; see {work / 'rejects.jsonl'}",
                 file=sys.stderr,
             )
-        records = {item.id: {"title": item.title, **item.attributes} for item in items}
-        return Corpus(embedded.vectors, embedded.ids, [records[i] for i in embedded.ids])
+        return corpus
     if not (args.embeddings and args.ids):
         raise CnClipError("give --catalog, or --embeddings with --ids")
     from index.embed import load_embeddings

@@ -155,8 +155,8 @@ def build_demo(
     import numpy as np
 
     from export.bundle import export_bundle
-    from index.build import Corpus, build_version
-    from index.embed import embed_catalog, embed_texts, read_catalog
+    from index.build import Corpus, build_version, catalog_corpus
+    from index.embed import embed_texts
     from runtime.bundle import load_bundle
     from trainer import main as train_main
     from trainer.checkpoints import load_checkpoint
@@ -193,10 +193,7 @@ def build_demo(
 
     done = _step("indexing the shop", report, say)
     bundle = load_bundle(bundle_dir, threads=2)
-    items = read_catalog(shop.jsonl)
-    embedded = embed_catalog(bundle, items, root / "embeddings", base_dir=data, progress=progress)
-    records = {item.id: {"title": item.title, **item.attributes} for item in items}
-    corpus = Corpus(embedded.vectors, embedded.ids, [records[i] for i in embedded.ids])
+    corpus, _ = catalog_corpus(bundle, shop.jsonl, root / "embeddings", progress=progress)
     titles = [title(c, k) for c in COLOURS for k in KINDS]
     text_corpus = Corpus(
         embed_texts(bundle, titles, progress=False), titles, [{"title": t} for t in titles]
@@ -216,7 +213,8 @@ def build_demo(
     import index as index_package
 
     found = index_package.load(version).search(bundle.encode_texts(titles), k=1)
-    shop_titles = {item.id: item.title for item in items}
+    assert corpus.items is not None
+    shop_titles = {i: item["title"] for i, item in zip(corpus.ids, corpus.items, strict=True)}
     hits = [shop_titles[ids[0]] == t for t, ids in zip(titles, found.ids, strict=True)]
     report["search"] = {
         "titles": len(titles),

@@ -58,6 +58,39 @@ class Corpus:
     items: Sequence[Mapping[str, Any]] | None = None
 
 
+def catalog_corpus(
+    bundle: Any,
+    catalog: str | Path,
+    work_dir: str | Path,
+    *,
+    batch_size: int = 32,
+    workers: int | None = None,
+    progress: bool = True,
+) -> tuple[Corpus, Any]:
+    """A jsonl catalog's images embedded with ``bundle`` as a :class:`Corpus`.
+
+    The embedding runs (and resumes) in ``work_dir`` (:func:`index.embed.embed_catalog`);
+    image paths are relative to the catalog's folder. Each item's metadata is its title
+    and its other attributes. Images that cannot be used are left out: the returned
+    :class:`index.embed.EmbeddedCatalog` lists them in ``rejects``.
+    """
+    from index.embed import embed_catalog, read_catalog
+
+    path = Path(catalog)
+    items = read_catalog(path)
+    embedded = embed_catalog(
+        bundle,
+        items,
+        work_dir,
+        base_dir=path.parent,
+        batch_size=batch_size,
+        workers=workers,
+        progress=progress,
+    )
+    records = {item.id: {"title": item.title, **item.attributes} for item in items}
+    return Corpus(embedded.vectors, embedded.ids, [records[i] for i in embedded.ids]), embedded
+
+
 def read_records(path: Path, text_key: str | None = None) -> dict[str, dict[str, Any]]:
     """``{id: record}`` of a jsonl file of objects with a string ``id`` (and ``text_key``)."""
     out: dict[str, dict[str, Any]] = {}
