@@ -17,8 +17,6 @@ import argparse
 import base64
 import json
 import random
-import shutil
-import subprocess
 import sys
 import tempfile
 import threading
@@ -27,7 +25,6 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import yaml
 from PIL import Image, ImageDraw, ImageFont
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -37,43 +34,6 @@ DASHBOARD = ROOT / "deploy" / "grafana" / "dashboards" / "cnclip.json"
 FONT = "/usr/share/fonts/truetype/wqy/wqy-microhei.ttc"
 COLOURS = ["#7eb26d", "#eab839", "#6ed0e0", "#ef843c", "#e24d42", "#1f78c1", "#ba43a9", "#705da0"]
 UNIT_PX, ROW_PX = 56, 34  # one grid column and one grid row of Grafana's 24-column layout
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def start_prometheus(target: str, work: Path) -> tuple[subprocess.Popen[bytes], str]:
-    config = yaml.safe_load((ROOT / "deploy/prometheus/prometheus.yml").read_text())
-    jobs = [j for j in config["scrape_configs"] if j["job_name"] == "cnclip-api"]
-    jobs[0].pop("dns_sd_configs")
-    jobs[0]["static_configs"] = [{"targets": [target]}]
-    config["scrape_configs"] = jobs
-    (work / "prometheus.yml").write_text(yaml.safe_dump(config))
-    port = free_port()
-    binary = shutil.which("prometheus") or sys.exit("prometheus missing: scripts/system-deps.sh")
-    proc = subprocess.Popen(
-        [
-            binary,
-            f"--config.file={work / 'prometheus.yml'}",
-            f"--storage.tsdb.path={work / 'db'}",
-            f"--web.listen-address=127.0.0.1:{port}",
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    url = f"http://127.0.0.1:{port}"
-    for _ in range(150):
-        try:
-            if httpx.get(f"{url}/-/ready", timeout=1).status_code == 200:
-                return proc, url
-        except httpx.HTTPError:
-            time.sleep(0.2)
-    raise SystemExit("prometheus did not start")
 
 
 def traffic(url: str, seconds: float, media: Path) -> None:
@@ -218,7 +178,7 @@ def main() -> int:
     parser.add_argument("--out", default=str(ROOT / "docs" / "dashboard.png"))
     args = parser.parse_args()
     from demo.pipeline import DemoResult, build_demo, demo_settings
-    from tests.service.conftest import running
+    from tests.service.conftest import local_prometheus, running
 
     work = Path(args.work)
     if (work / "report.json").is_file():
@@ -228,17 +188,16 @@ def main() -> int:
     settings = demo_settings(result, "127.0.0.1", 0)
     cache = settings.cache.model_copy(update={"redis_url": "redis://127.0.0.1:6379/14"})
     settings = settings.model_copy(update={"cache": cache})
-    with tempfile.TemporaryDirectory() as tmp, running(settings) as url:
-        proc, prometheus = start_prometheus(url.removeprefix("http://"), Path(tmp))
-        try:
-            time.sleep(6)
-            start = time.time()
-            traffic(url, args.seconds, result.media)
-            time.sleep(11)
-            render(prometheus, start - 5, time.time(), Path(args.out))
-        finally:
-            proc.terminate()
-            proc.wait(10)
+    with (
+        tempfile.TemporaryDirectory() as tmp,
+        running(settings) as url,
+        local_prometheus([url.removeprefix("http://")], Path(tmp)) as prometheus,
+    ):
+        time.sleep(6)
+        start = time.time()
+        traffic(url, args.seconds, result.media)
+        time.sleep(11)
+        render(prometheus, start - 5, time.time(), Path(args.out))
     print(f"wrote {args.out}")
     return 0
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import shutil
 import socket
+import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -12,9 +13,11 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import httpx
 import numpy as np
 import pytest
 import uvicorn
+import yaml
 
 from export.bundle import export_bundle
 from index.build import Corpus, build_version
@@ -118,6 +121,52 @@ def running(settings: Settings) -> Iterator[str]:
     finally:
         server.should_exit = True
         thread.join(30)
+
+
+@contextmanager
+def local_prometheus(targets: list[str], work: Path) -> Iterator[str]:
+    """Debian's Prometheus on a free loopback port, with the project's scrape configuration
+    (deploy/prometheus/prometheus.yml) pointed at ``targets`` instead of the compose
+    service ``api``; yields its URL once ready."""
+    binary = shutil.which("prometheus")
+    assert binary, "prometheus is installed by make install (scripts/system-deps.sh)"
+    project = Path(__file__).resolve().parents[2] / "deploy" / "prometheus" / "prometheus.yml"
+    scrape = yaml.safe_load(project.read_text(encoding="utf-8"))
+    jobs = [job for job in scrape["scrape_configs"] if job["job_name"] == "cnclip-api"]
+    del jobs[0]["dns_sd_configs"]
+    jobs[0]["static_configs"] = [{"targets": targets}]
+    scrape["scrape_configs"] = jobs  # without the GPU profile's DCGM job
+    config = work / "prometheus.yml"
+    config.write_text(yaml.safe_dump(scrape), encoding="utf-8")
+    log = work / "prometheus.log"
+    port = free_port()
+    with log.open("wb") as stderr:
+        proc = subprocess.Popen(
+            [
+                binary,
+                f"--config.file={config}",
+                f"--storage.tsdb.path={work / 'tsdb'}",
+                f"--web.listen-address=127.0.0.1:{port}",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=stderr,
+        )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                if httpx.get(f"{url}/-/ready", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"prometheus did not become ready: {log.read_text()[-2000:]}")
+            time.sleep(0.2)
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(10)
 
 
 def photo_bytes(i: int = 0) -> bytes:

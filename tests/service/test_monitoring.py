@@ -10,18 +10,16 @@ import re
 import shutil
 import subprocess
 import time
-from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import httpx
-import pytest
 import yaml
 
 from tests.conftest import ROOT
 from tests.service.conftest import (
     REDIS_URL,
     free_port,
+    local_prometheus,
     make_settings,
     photo_bytes,
     queries,
@@ -109,51 +107,6 @@ def test_every_metric_of_the_dashboard_is_exported(bundle_dir: Path, index_root:
     assert not missing, f"the dashboard queries metrics the service does not export: {missing}"
 
 
-@pytest.fixture
-def prometheus(tmp_path: Path) -> Iterator[tuple[str, Path]]:
-    binary = shutil.which("prometheus")
-    assert binary, "prometheus is installed by make install (scripts/system-deps.sh)"
-    port = free_port()
-    proc: subprocess.Popen[bytes] | None = None
-    config = tmp_path / "prometheus.yml"
-
-    def start(targets: list[str]) -> str:
-        nonlocal proc
-        scrape = yaml.safe_load(SCRAPE_CONFIG.read_text(encoding="utf-8"))
-        for job in scrape["scrape_configs"]:
-            if job["job_name"] == "cnclip-api":  # the compose service name -> the test servers
-                del job["dns_sd_configs"]
-                job["static_configs"] = [{"targets": targets}]
-        scrape["scrape_configs"] = [j for j in scrape["scrape_configs"] if j["job_name"] != "dcgm"]
-        config.write_text(yaml.safe_dump(scrape), encoding="utf-8")
-        proc = subprocess.Popen(
-            [
-                binary,
-                f"--config.file={config}",
-                f"--storage.tsdb.path={tmp_path / 'tsdb'}",
-                f"--web.listen-address=127.0.0.1:{port}",
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=(tmp_path / "prometheus.log").open("wb"),
-        )
-        url = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(f"{url}/-/ready", timeout=1).status_code == 200:
-                    return url
-            except httpx.HTTPError:
-                pass
-            assert proc.poll() is None, (tmp_path / "prometheus.log").read_text()
-            time.sleep(0.2)
-        raise RuntimeError("prometheus did not become ready")
-
-    yield start, tmp_path  # type: ignore[misc]
-    if proc is not None:
-        proc.terminate()
-        proc.wait(10)
-
-
 def _traffic(url: str) -> None:
     image = {"base64": base64.b64encode(photo_bytes(0)).decode()}
     with httpx.Client(base_url=url, timeout=30) as client:
@@ -168,16 +121,20 @@ def _traffic(url: str) -> None:
 
 
 def test_prometheus_scrapes_two_replicas_and_every_panel_has_data(
-    bundle_dir: Path, index_root: Path, prometheus: Any
+    bundle_dir: Path, index_root: Path, tmp_path: Path
 ) -> None:
-    start, _ = prometheus
     cached = make_settings(bundle_dir, index_root, cache={"redis_url": REDIS_URL})
     # The second replica's Redis is down: its cache errors feed the Redis panel.
     dead = make_settings(
         bundle_dir, index_root, cache={"redis_url": f"redis://127.0.0.1:{free_port()}/0"}
     )
-    with running(cached) as first, running(dead) as second:
-        url = start([first.removeprefix("http://"), second.removeprefix("http://")])
+    with (
+        running(cached) as first,
+        running(dead) as second,
+        local_prometheus(
+            [first.removeprefix("http://"), second.removeprefix("http://")], tmp_path
+        ) as url,
+    ):
         for _ in range(2):  # traffic across several 5 s scrapes, so rates have two points
             _traffic(first)
             _traffic(second)
