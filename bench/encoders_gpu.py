@@ -25,6 +25,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -41,18 +42,20 @@ from runtime.errors import CnClipError  # noqa: E402
 from runtime.sessions import BackendOptions  # noqa: E402
 from tests.hf_reference import to_hf_model  # noqa: E402
 from trainer.configs import get_config  # noqa: E402
-from trainer.model import build_model  # noqa: E402
+from trainer.model import ChineseCLIP, build_model  # noqa: E402
 
 GPU_BACKENDS = ("torch-cuda", "onnxruntime-cuda", "onnxruntime-tensorrt", "tensorrt")
 Engine = tuple[Callable[[list[str]], object], Callable[[np.ndarray], object]]
 
 
-def _baseline(model: torch.nn.Module, device: torch.device) -> Engine:
+def _baseline(model: ChineseCLIP, device: torch.device) -> Engine:
     from transformers import BertTokenizerFast
 
     dtype = torch.float16 if device.type == "cuda" else torch.float32
     hf = to_hf_model(model).eval().to(device, dtype)
-    tok = BertTokenizerFast(vocab_file=str(ROOT / "runtime" / "assets" / "vocab.txt"))
+    tok = BertTokenizerFast(  # type: ignore[no-untyped-call]
+        vocab_file=str(ROOT / "runtime" / "assets" / "vocab.txt")
+    )
 
     def texts(batch: list[str]) -> np.ndarray:
         enc = tok(batch, padding=True, truncation=True, max_length=52, return_tensors="pt")
@@ -92,14 +95,14 @@ def _measure(
 ) -> dict[str, float]:
     texts_fn, images_fn = engine
     row = {
-        "query_ms": statistics.median(timed(lambda q=q: texts_fn([q]), 1) for q in queries[:100])
+        "query_ms": statistics.median(timed(partial(texts_fn, [q]), 1) for q in queries[:100])
         * 1000,
-        "image_ms": timed(lambda: images_fn(pixels[:1]), 20) * 1000,
+        "image_ms": timed(partial(images_fn, pixels[:1]), 20) * 1000,
     }
     for size in batches:
         chunk = (queries * (size // len(queries) + 1))[:size]
-        row[f"t{size}"] = size / timed(lambda chunk=chunk: texts_fn(chunk), 5)
-        row[f"i{size}"] = size / timed(lambda size=size: images_fn(pixels[:size]), 5)
+        row[f"t{size}"] = size / timed(partial(texts_fn, chunk), 5)
+        row[f"i{size}"] = size / timed(partial(images_fn, pixels[:size]), 5)
     return row
 
 

@@ -33,9 +33,9 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.machine import describe  # noqa: E402
-from index import load  # noqa: E402
 from index.build import Corpus, build_version  # noqa: E402
 from index.evaluate import exact_qps, exact_search, recall_at, search_params  # noqa: E402
+from index.search import load  # noqa: E402
 from index.synthetic import clip_like_split  # noqa: E402
 from index.synthetic import describe as describe_vectors  # noqa: E402
 

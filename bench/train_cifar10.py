@@ -106,7 +106,7 @@ def _train(run_dir: Path, args: argparse.Namespace) -> float | None:
 
 
 def _training_table(
-    shown: str, wall: float | None, first: dict[str, object], second: dict[str, object]
+    shown: str, wall: float | None, first: dict[str, Any], second: dict[str, Any]
 ) -> list[str]:
     first_val, second_val = first["val"], second["val"]
     assert isinstance(first_val, dict) and isinstance(second_val, dict)
@@ -162,7 +162,7 @@ def _evaluate(run_dir: Path) -> dict[str, Any]:
 
 
 def _evaluation_table(
-    report: dict[str, Any], first: dict[str, object], second: dict[str, object]
+    report: dict[str, Any], first: dict[str, Any], second: dict[str, Any]
 ) -> list[str]:
     rows = {m["model"]["label"]: m for m in report["models"]}
     recorded = {"stage2.pt": second["val"], "scratch.pt": first["val"]}

@@ -190,6 +190,13 @@ def official_words(text: str) -> list[str]:
     return words
 
 
+def is_blank(text: str) -> bool:
+    """Whether nothing of ``text`` survives the official cleanup: only whitespace of any
+    kind, control or format characters, NUL, U+FFFD or combining marks. Its token row
+    would be ``[CLS][SEP]`` alone."""
+    return not official_words(text)
+
+
 def is_fast_text(text: str) -> bool:
     """Whether ``text`` consists only of :data:`FAST_CHARS` (and takes the fast path)."""
     return _FAST_TEXT.fullmatch(text) is not None

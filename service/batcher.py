@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -27,6 +28,7 @@ from service.metrics import Metrics
 
 Item = TypeVar("Item")
 Rows = npt.NDArray[np.float32]
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -41,7 +43,9 @@ class DynamicBatcher(Generic[Item]):
     """``await batcher.submit(item, deadline)`` -> the item's row of ``run(items)``.
 
     ``run`` takes a list of items and returns ``[len(items), d]``; it runs on one
-    dedicated thread, so it never runs twice at once.
+    dedicated thread, so it never runs twice at once. A ``run`` that raises, or returns
+    another number of rows, fails that batch's requests and no others; a worker task
+    that dies for any other reason is logged and started again.
     """
 
     def __init__(
@@ -70,13 +74,25 @@ class DynamicBatcher(Generic[Item]):
     def start(self) -> None:
         if self._task is None:
             self._task = asyncio.get_running_loop().create_task(self._work(), name=self.name)
+            self._task.add_done_callback(self._restart)
+
+    def _restart(self, task: asyncio.Task[None]) -> None:
+        """A worker that ended on its own (not by :meth:`stop`) is logged and restarted."""
+        if task is not self._task or task.cancelled():
+            return
+        log.error(
+            "the %s batcher's worker died; restarting it", self.name, exc_info=task.exception()
+        )
+        self._metrics.worker_restarts.labels(tower=self.name).inc()
+        self._task = None
+        self.start()
 
     async def stop(self) -> None:
         if self._task is not None:
-            self._task.cancel()
+            task, self._task = self._task, None
+            task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+                await task
         while not self._queue.empty():
             pending = self._queue.get_nowait()
             if not pending.future.done():
@@ -152,15 +168,19 @@ class DynamicBatcher(Generic[Item]):
             start = time.perf_counter()
             try:
                 rows = await loop.run_in_executor(self._executor, self._run, [p.item for p in live])
+                if len(rows) != len(live):
+                    raise RuntimeError(
+                        f"the {self.name} encoder returned {len(rows)} rows for {len(live)} inputs"
+                    )
             except Exception as exc:  # handed to each caller, the worker goes on
                 for pending in live:
                     if not pending.future.done():
                         pending.future.set_exception(exc)
                 continue
             self._metrics.encode_time.labels(tower=self.name).observe(time.perf_counter() - start)
-            for i, pending in enumerate(live):
+            for pending, row in zip(live, rows, strict=True):
                 if not pending.future.done():
-                    pending.future.set_result(rows[i])
+                    pending.future.set_result(row)
 
 
 def pad_token_rows(rows: Sequence[Any], pad_id: int) -> npt.NDArray[np.int64]:

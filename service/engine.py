@@ -22,6 +22,7 @@ from runtime.bundle import Bundle
 from runtime.images import load_image, preprocess
 from runtime.retrieval import class_embeddings
 from runtime.templates import PROMPT_TEMPLATES
+from runtime.tokenizer import is_blank
 from service.batcher import DynamicBatcher, pad_token_rows
 from service.cache import Cache, cache_key, normalize_text
 from service.catalog import IndexHolder, Served
@@ -99,9 +100,6 @@ class Engine:
     # -- texts ------------------------------------------------------------------------
 
     def _check_query(self, text: str, what: str = "query") -> str:
-        norm = normalize_text(text)
-        if not norm:
-            raise ApiError(400, "empty_query", f"the {what} is empty")
         if len(text) > self.limits.max_query_chars:
             raise ApiError(
                 400,
@@ -109,7 +107,11 @@ class Engine:
                 f"the {what} has {len(text)} characters; the limit is "
                 f"{self.limits.max_query_chars} (texts over 50 word pieces are cut anyway)",
             )
-        return norm
+        if is_blank(text):
+            raise ApiError(
+                400, "empty_query", f"the {what} is empty (nothing but whitespace or controls)"
+            )
+        return normalize_text(text)
 
     async def text_vector(
         self, text: str, deadline: float, what: str = "query"

@@ -116,6 +116,12 @@ class Metrics:
             ["reason"],
             registry=r,
         )
+        self.worker_restarts = Counter(
+            "cnclip_batcher_restarts_total",
+            "Batcher worker tasks that died and were started again, by tower.",
+            ["tower"],
+            registry=r,
+        )
         self.index_items = Gauge(
             "cnclip_index_items",
             "Live items in the current index version.",

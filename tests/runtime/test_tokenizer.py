@@ -26,6 +26,7 @@ from runtime.tokenizer import (
     TokenizedBatch,
     default_tokenizer,
     default_vocab_path,
+    is_blank,
     is_fast_text,
     official_words,
 )
@@ -212,6 +213,14 @@ def test_empty_and_whitespace_only(tok: ChineseTokenizer) -> None:
         assert batch.lengths.tolist() == [2]
         assert not batch.truncated[0]
         assert tok.encode(text) == []
+
+
+def test_is_blank_is_true_exactly_when_the_official_row_is_cls_sep(clip: Any) -> None:
+    blank = ["", " ", "\t\n\r\u3000\u2028", "\x00\u200b", "\ufffd\ufeff", "\u0301"]
+    for text in [*blank, "猫", "a", " 。", "\x00猫"]:
+        official = official_rows(clip, [text])[0]
+        assert is_blank(text) == (official[:3].tolist() == [CLS, SEP, 0]), repr(text)
+    assert all(is_blank(t) for t in blank)
 
 
 def test_truncation(tok: ChineseTokenizer, clip: Any) -> None:

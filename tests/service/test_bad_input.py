@@ -74,6 +74,16 @@ CASES: list[tuple[str, str, Any, int, str]] = [
         "invalid_request",
     ),
     ("empty query", "/v1/search/text", {"query": "   "}, 400, "empty_query"),
+    # Nothing survives the official cleanup: these would be searches for [CLS][SEP].
+    ("controls only", "/v1/search/text", {"query": "\x00\x01\x7f"}, 400, "empty_query"),
+    (
+        "whitespace of other kinds",
+        "/v1/search/text",
+        {"query": "\u3000\u2028\u200b\ufeff\ufffd\t"},
+        400,
+        "empty_query",
+    ),
+    ("blank text to embed", "/v1/embed/text", {"texts": ["猫", "\x00"]}, 400, "empty_query"),
     ("over-long query", "/v1/search/text", {"query": "长" * 1001}, 400, "query_too_long"),
     ("top_k zero", "/v1/search/text", {"query": "猫", "top_k": 0}, 422, "invalid_request"),
     (

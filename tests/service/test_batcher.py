@@ -81,6 +81,55 @@ def test_a_failing_batch_fails_its_callers_and_the_worker_goes_on() -> None:
     asyncio.run(main())
 
 
+def test_a_backend_returning_too_few_rows_fails_that_batch_only() -> None:
+    answers = {"short": True}
+
+    def run(items: Sequence[float]) -> np.ndarray:
+        rows = np.array([[2.0 * x] for x in items], dtype=np.float32)
+        return rows[:-1] if answers.pop("short", False) else rows
+
+    async def main() -> None:
+        batcher = DynamicBatcher(
+            "t", run, max_batch_size=8, max_wait_ms=20, max_queue=10, metrics=Metrics()
+        )
+        batcher.start()
+        deadline = time.perf_counter() + 10
+        results = await asyncio.gather(
+            batcher.submit(1.0, deadline), batcher.submit(2.0, deadline), return_exceptions=True
+        )
+        assert all(isinstance(r, RuntimeError) and "1 rows for 2" in str(r) for r in results)
+        # The worker is alive: the next request is answered, not timed out.
+        assert float((await batcher.submit(3.0, time.perf_counter() + 2))[0]) == 6.0
+        await batcher.stop()
+
+    asyncio.run(main())
+
+
+def test_a_worker_that_dies_is_restarted_and_counted() -> None:
+    calls: list[int] = []
+    metrics = Metrics()
+
+    async def main() -> None:
+        batcher = DynamicBatcher(
+            "t", doubling(calls), max_batch_size=8, max_wait_ms=5, max_queue=10, metrics=metrics
+        )
+        gather = batcher._gather
+        failures = [RuntimeError("the worker's own bug")]
+
+        async def flaky() -> list:  # type: ignore[type-arg]
+            if failures:
+                raise failures.pop()
+            return await gather()
+
+        batcher._gather = flaky  # type: ignore[method-assign]
+        batcher.start()
+        assert float((await batcher.submit(4.0, time.perf_counter() + 2))[0]) == 8.0
+        await batcher.stop()
+
+    asyncio.run(main())
+    assert metrics.worker_restarts.labels(tower="t")._value.get() == 1
+
+
 def test_full_queue_and_expired_deadlines() -> None:
     calls: list[int] = []
     gate = threading.Event()

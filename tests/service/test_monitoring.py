@@ -135,20 +135,37 @@ def test_prometheus_scrapes_two_replicas_and_every_panel_has_data(
             [first.removeprefix("http://"), second.removeprefix("http://")], tmp_path
         ) as url,
     ):
-        for _ in range(2):  # traffic across several 5 s scrapes, so rates have two points
-            _traffic(first)
-            _traffic(second)
-            time.sleep(6)
-        time.sleep(6)
-        empty = []
+        # Poll Prometheus until every panel answers (rates need two scrapes, 5 s apart, of
+        # counters that moved), sending traffic again between scrapes.
+        deadline = time.monotonic() + 90
+        sent = -1e9
         with httpx.Client(base_url=url, timeout=10) as client:
-            up = client.get("/api/v1/query", params={"query": 'sum(up{job="cnclip-api"})'}).json()
-            assert float(up["data"]["result"][0]["value"][1]) == 2
-            for title, expr in dashboard_queries():
-                if "DCGM_" in expr:
-                    continue  # the GPU profile's exporter: no GPU here
-                answer = client.get("/api/v1/query", params={"query": expr}).json()
-                assert answer["status"] == "success", (title, answer)
-                if not answer["data"]["result"]:
-                    empty.append(title)
+            while True:
+                if time.monotonic() - sent >= 5:
+                    _traffic(first)
+                    _traffic(second)
+                    sent = time.monotonic()
+                replicas, empty = _replicas_up(client), _panels_without_data(client)
+                if (replicas == 2 and not empty) or time.monotonic() > deadline:
+                    break
+                time.sleep(1)
+        assert replicas == 2
         assert not empty, f"panels without data: {empty}"
+
+
+def _replicas_up(client: httpx.Client) -> float:
+    up = client.get("/api/v1/query", params={"query": 'sum(up{job="cnclip-api"})'}).json()
+    result = up["data"]["result"]
+    return float(result[0]["value"][1]) if result else 0.0
+
+
+def _panels_without_data(client: httpx.Client) -> list[str]:
+    empty = []
+    for title, expr in dashboard_queries():
+        if "DCGM_" in expr:
+            continue  # the GPU profile's exporter: no GPU here
+        answer = client.get("/api/v1/query", params={"query": expr}).json()
+        assert answer["status"] == "success", (title, answer)
+        if not answer["data"]["result"]:
+            empty.append(title)
+    return empty
