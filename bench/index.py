@@ -84,13 +84,11 @@ def main(argv: list[str] | None = None) -> int:
     work = Path(tempfile.mkdtemp(prefix="cnclip-index-bench-"))
     for profile in ("quality", "lean"):
         start = time.perf_counter()
-        version = build_version(
-            work / profile, Corpus(base, ids), bundle_sha256=None, profile=profile
-        )
+        version = build_version(work / profile, Corpus(base, ids), profile=profile)
         build_seconds = time.perf_counter() - start
         catalog = load(version)
         manifest = catalog.manifest
-        settings = dict(manifest["search"])
+        settings = dict(manifest.search)
         result = catalog.search(queries, 10)  # the service's call, with the tuned setting
         start = time.perf_counter()
         catalog.search(queries, 10)
@@ -100,15 +98,15 @@ def main(argv: list[str] | None = None) -> int:
         rows.append(
             {
                 "profile": profile,
-                "factory": manifest["factory"],
+                "factory": manifest.factory,
                 "settings": settings,
                 "R@10": recall["R@10"],
                 "10-recall@10": recall["10-recall@10"],
                 "qps": qps,
                 "speedup": qps / exact,
-                "bytes": manifest["bytes_per_vector"],
-                "train_s": manifest["timings"]["train_s"],
-                "add_s": manifest["timings"]["add_s"],
+                "bytes": manifest.bytes_per_vector,
+                "train_s": manifest.timings["train_s"],
+                "add_s": manifest.timings["add_s"],
                 "build_s": build_seconds,
                 "frontier": frontier,
             }

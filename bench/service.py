@@ -11,8 +11,8 @@ Setup, kept in ``--work`` (default ``/var/tmp/cnclip-service-bench``) and reused
 complete: ``bundle/``, the ViT-B-16 geometry with seeded random weights (speed does not
 depend on the values) exported to int8 ONNX and verified; ``index/``, ``--n``
 (1,000,000) synthetic CLIP-like 512-d vectors (index/synthetic.py) with item metadata
-(title, one of 20 categories, price) in the default "quality" IVF-PQ index, built for
-that bundle's sha256. Preparing takes ~15 minutes the first time; torch is imported only
+(title, one of 20 categories, price) in the default "quality" IVF-PQ index, built with
+that bundle. Preparing takes ~15 minutes the first time; torch is imported only
 to export the bundle.
 
 Each scenario starts its own server as a separate process (uvicorn with the app factory
@@ -60,6 +60,7 @@ sys.path.insert(0, str(ROOT))
 from bench.inputs import DATA  # noqa: E402
 from bench.loadgen import run_once  # noqa: E402
 from bench.machine import describe  # noqa: E402
+from runtime.identity import ModelRef  # noqa: E402
 
 APP = "service.app:create_app_from_env"
 DEFAULT_WORK = Path("/var/tmp/cnclip-service-bench")
@@ -137,23 +138,24 @@ class _Items(Sequence[dict[str, Any]]):
                 "price": int(self.prices[row])}  # fmt: skip
 
 
-def index_is_ready(root: Path, bundle_sha: str, n: int) -> bool:
-    """``root`` has a current version built for this bundle with ``n`` items."""
-    from index.versions import IndexVersionError, read_manifest, resolve
+def index_is_ready(root: Path, model: ModelRef, n: int) -> bool:
+    """``root`` has a current version built with this bundle, holding ``n`` items."""
+    from index.versions import IndexManifest, IndexVersionError, resolve
+    from runtime.identity import same_bundle
 
     if not (root / "CURRENT").is_file():
         return False
     try:
-        manifest = read_manifest(resolve(root))
+        manifest = IndexManifest.read(resolve(root))
     except IndexVersionError:
         return False
-    return manifest.get("bundle_sha256") == bundle_sha and manifest.get("count") == n
+    return same_bundle(manifest.model, model) and manifest.count == n
 
 
-def prepare_index(work: Path, bundle_sha: str, n: int) -> Path:
+def prepare_index(work: Path, model: ModelRef, n: int) -> Path:
     """``work/index``: ``n`` CLIP-like vectors with metadata, the "quality" profile."""
     root = work / "index"
-    if index_is_ready(root, bundle_sha, n):
+    if index_is_ready(root, model, n):
         print(f"index: reusing {root}", flush=True)
         return root
     import numpy as np
@@ -172,28 +174,28 @@ def prepare_index(work: Path, bundle_sha: str, n: int) -> Path:
     items = _Items(text_queries(), categories, prices)
     ids = [f"item-{i}" for i in range(n)]
     print("index: building (train, add, tune) ...", flush=True)
-    build_version(root, Corpus(vectors, ids, items), bundle_sha256=bundle_sha, profile="quality")
+    build_version(root, Corpus(vectors, ids, items), model=model, profile="quality")
     print(f"index: built in {time.perf_counter() - start:.0f} s", flush=True)
     return root
 
 
 def prepare(work: Path, n: int) -> dict[str, Any]:
-    from runtime.bundle import file_sha256
+    from index.versions import IndexManifest, resolve
+    from runtime.bundle_manifest import bundle_ref
 
     work.mkdir(parents=True, exist_ok=True)
     bundle = prepare_bundle(work)
-    bundle_sha = file_sha256(bundle / "manifest.json")
-    index = prepare_index(work, bundle_sha, n)
-    version = (index / "CURRENT").read_text(encoding="utf-8").strip()
-    manifest = json.loads((index / version / "manifest.json").read_text(encoding="utf-8"))
+    model = bundle_ref(bundle)
+    index = prepare_index(work, model, n)
+    manifest = IndexManifest.read(resolve(index))
     return {
         "bundle": str(bundle),
-        "bundle_sha256": bundle_sha,
+        "bundle_id": model.bundle_id,
         "index": str(index),
-        "index_version": version,
-        "count": manifest["count"],
-        "factory": manifest["factory"],
-        "search": manifest.get("search"),
+        "index_version": resolve(index).name,
+        "count": manifest.count,
+        "factory": manifest.factory,
+        "search": dict(manifest.search),
     }
 
 
@@ -580,7 +582,7 @@ def write_results(
         f"- machine: {describe()}; the server and the load generator share it",
         f"- date: {date}",
         f"- bundle: ViT-B-16 geometry, seeded random weights, int8 ONNX "
-        f"(sha256 {setup['bundle_sha256'][:12]}…)",
+        f"(bundle {setup['bundle_id'][:12]}…)",
         f"- index: {setup['count']:,} x {DIM} CLIP-like vectors, `{setup['factory']}`, "
         f"{setup['search']}",
         f"- server: uvicorn `{setup['app']}`, CNCLIP_THREADS={THREADS}; "

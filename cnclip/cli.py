@@ -100,7 +100,7 @@ def _embed_with_bundle(args: argparse.Namespace, texts: list[str] | None) -> Any
     items: list[Any] = list(texts) if texts is not None else list(args.images)
     encode = bundle.encode_texts if texts is not None else bundle.encode_images
     parts = [encode(items[i : i + size]) for i in range(0, len(items), size)]
-    return np.concatenate(parts), str(bundle.manifest.get("architecture") or "custom")
+    return np.concatenate(parts), bundle.manifest.architecture or "custom"
 
 
 def _cmd_embed(args: argparse.Namespace) -> int:
@@ -235,13 +235,14 @@ def _cmd_export(args: argparse.Namespace) -> int:
         device=args.device,
     )
     if not args.quiet:
-        checked = [(f"{args.precision} ONNX", manifest["parity"])]
-        if "torch" in manifest:
-            checked.append(("PyTorch", manifest["torch"]["parity"]))
-        checked += [(f"TensorRT {e['key']}", e["parity"]) for e in manifest.get("engines", [])]
+        checked = [(f"{args.precision} ONNX", manifest.parity)]
+        if manifest.torch is not None:
+            checked.append(("PyTorch", manifest.torch["parity"]))
+        checked += [(f"TensorRT {e['key']}", e["parity"]) for e in manifest.engines]
         print(
-            f"wrote {args.precision} bundle of {manifest['architecture'] or 'a custom model'} "
-            f"to {args.out}; min cosine against PyTorch:",
+            f"wrote {args.precision} bundle of {manifest.architecture or 'a custom model'} "
+            f"to {args.out} (model {str(manifest.model_id)[:12]}, bundle "
+            f"{manifest.bundle_id[:12]}); min cosine against PyTorch:",
             file=sys.stderr,
         )
         for name, parity in checked:

@@ -16,6 +16,7 @@ examples:
   cnclip index build --bundle bundles/vit-b-16 --embeddings X.npy --ids ids.txt \\
       --items items.jsonl --out indexes/shop --profile lean
   cnclip index eval indexes/shop
+  cnclip index eval indexes/shop --bundle bundles/vit-b-16-int8 --reference bundles/vit-b-16
   cnclip index add indexes/shop --bundle bundles/vit-b-16 --catalog new-items.jsonl
   cnclip index remove indexes/shop --ids-file sold-out.txt
   cnclip index compact indexes/shop
@@ -28,12 +29,11 @@ corpus (--text-corpus) is jsonl of {"id": str, "text": str, ...}.
 """
 
 
-def _bundle_facts(path: str) -> tuple[str, int]:
-    """The bundle's sha256 and embedding size, without opening its sessions."""
-    from runtime.bundle import MANIFEST, file_sha256, read_manifest
+def _bundle_facts(path: str) -> tuple[Any, int]:
+    """What an index records of the bundle, and its embedding size, without opening it."""
+    from runtime.bundle_manifest import BundleManifest, bundle_ref
 
-    manifest = read_manifest(path)
-    return file_sha256(Path(path) / MANIFEST), int(manifest["embed_dim"])
+    return bundle_ref(path), BundleManifest.read(path).embed_dim
 
 
 def _corpus(args: argparse.Namespace, work: Path) -> Any:
@@ -88,7 +88,7 @@ def _texts(args: argparse.Namespace) -> Any:
 def _cmd_build(args: argparse.Namespace) -> int:
     from index.build import build_version
 
-    sha, dim = _bundle_facts(args.bundle)
+    model, dim = _bundle_facts(args.bundle)
     out = Path(args.out)
     work = Path(args.work_dir) if args.work_dir else out / ".embeddings"
     corpus = _corpus(args, work)
@@ -97,7 +97,7 @@ def _cmd_build(args: argparse.Namespace) -> int:
             f"the embeddings have {corpus.vectors.shape[1]} dimensions, the bundle {dim}"
         )
     options: dict[str, Any] = {
-        "bundle_sha256": sha,
+        "model": model,
         "factory": args.factory,
         "profile": args.profile,
         "target": args.target,
@@ -120,81 +120,86 @@ def _cmd_build(args: argparse.Namespace) -> int:
     return 0
 
 
-def _sharded(path: str) -> bool:
-    from index.shards import SHARDS
-
-    return (Path(path) / SHARDS).is_file()
-
-
-def _shard_roots(path: str) -> list[str]:
-    """The index roots to work on: ``path``, or each shard of a sharded root."""
-    if not _sharded(path):
-        return [path]
-    return sorted(str(p) for p in Path(path).glob("shard-*") if p.is_dir())
-
-
 def _cmd_eval(args: argparse.Namespace) -> int:
-    for root in _shard_roots(args.dir):
-        _eval_one(root, args)
+    if args.bundle:
+        return _cross_precision(args)
+    import numpy as np
+
+    from index.recall import evaluate_index
+
+    queries = None if not args.queries else np.load(args.queries)
+    for version in evaluate_index(args.dir, queries=queries, target=args.target):
+        for point in version.report["points"]:
+            print(json.dumps(point, ensure_ascii=False))
+        chosen = version.chosen
+        print(
+            f"{version.directory}: smallest setting reaching R@10 >= {args.target}: "
+            f"{ {k: v for k, v in chosen.items() if k in ('nprobe', 'ef_search', 'k_factor')} } "
+            f"R@1 {chosen.get('R@1', 0):.3f} R@10 {chosen.get('R@10', 0):.3f} "
+            f"R@100 {chosen.get('R@100', 0):.3f} at {chosen.get('qps', 0):,.0f} queries/s "
+            f"({version.report.get('speedup', 1):.1f}x exact search)",
+            file=sys.stderr,
+        )
     return 0
 
 
-def _eval_one(path: str, args: argparse.Namespace) -> None:
-    import numpy as np
+def _cross_precision(args: argparse.Namespace) -> int:
+    from index.recall import CROSS_REPORT, cross_precision, read_queries
+    from index.shards import shard_roots
+    from runtime.bundle import load_bundle
 
-    from index.build import measure
-    from index.search import load, load_vectors
-
-    catalog = load(path)
-    queries = None
-    if args.queries:
-        queries = np.load(args.queries).astype(np.float32)
-        queries /= np.linalg.norm(queries, axis=1, keepdims=True)
-    live = np.setdiff1d(np.arange(catalog.total), catalog.deleted)
-    report = measure(
-        catalog.index, load_vectors(catalog.directory), queries, args.target, valid=live
-    )
-    for point in report["points"]:
-        print(json.dumps(point, ensure_ascii=False))
-    chosen = report.get("chosen") or {}
-    print(
-        f"{catalog.directory}: smallest setting reaching R@10 >= {args.target}: "
-        f"{ {k: v for k, v in chosen.items() if k in ('nprobe', 'ef_search', 'k_factor')} } "
-        f"R@1 {chosen.get('R@1', 0):.3f} R@10 {chosen.get('R@10', 0):.3f} "
-        f"R@100 {chosen.get('R@100', 0):.3f} at {chosen.get('qps', 0):,.0f} queries/s "
-        f"({report.get('speedup', 1):.1f}x exact search)",
-        file=sys.stderr,
-    )
-    (catalog.directory / "eval.json").write_text(
-        json.dumps(report, ensure_ascii=False, indent=2) + "\n", encoding="utf-8"
-    )
+    bundle = load_bundle(args.bundle, threads=args.threads)
+    reference = None if not args.reference else load_bundle(args.reference, threads=args.threads)
+    texts = None if not args.texts else read_queries(args.texts)
+    for root in shard_roots(args.dir):
+        report = cross_precision(root, bundle, reference=reference, texts=texts)
+        print(json.dumps(report, ensure_ascii=False))
+        lines = [f"{root}: {report['queries']} {report['query_source']} queries, top {report['k']}"]
+        for note in report["notes"]:
+            lines.append(f"  note: {note}")
+        rows = [("ann", "the index vs exact search, both on this bundle's queries")]
+        if reference is not None:
+            rows += [
+                ("precision", "exact search: this bundle's queries vs the reference's"),
+                ("total", "the index on this bundle's queries vs exact on the reference's"),
+            ]
+        for key, what in rows:
+            got = report[key]
+            lines.append(
+                f"  {key:9s} 10-recall@10 {got.get('10-recall@10', 0):.4f}  "
+                f"R@1 {got.get('R@1', 0):.4f}  ({what})"
+            )
+        if reference is not None:
+            ref = report["reference"]["ann"]
+            lines.append(
+                f"  reference 10-recall@10 {ref.get('10-recall@10', 0):.4f}  "
+                f"R@1 {ref.get('R@1', 0):.4f}  (the index on the reference's own queries); "
+                f"query cosine min {report['query_cosine']['min']:.5f}"
+            )
+        lines.append(f"  written to {Path(report['index']) / CROSS_REPORT}")
+        print("\n".join(lines), file=sys.stderr)
+    return 0
 
 
 def _cmd_add(args: argparse.Namespace) -> int:
-    from index.update import add_items
+    import index
 
-    sha, _ = _bundle_facts(args.bundle)
+    model, _ = _bundle_facts(args.bundle)
     work = Path(args.work_dir) if args.work_dir else Path(args.dir) / ".embeddings-add"
     corpus = _corpus(args, work)
     options = {
-        "bundle_sha256": sha,
+        "model": model,
         "target": args.target,
         "progress": not args.quiet,
         "make_current": not args.no_switch,
     }
-    if _sharded(args.dir):
-        from index.shards import add_sharded
-
-        add_sharded(args.dir, corpus, **options)
-        print(f"added {len(corpus.ids):,} items to the shards of {args.dir}", file=sys.stderr)
-        return 0
-    version = add_items(args.dir, corpus, **options)
-    print(f"wrote {version} with {len(corpus.ids):,} items added", file=sys.stderr)
+    index.add(args.dir, corpus, **options)
+    print(f"added {len(corpus.ids):,} items to {args.dir}", file=sys.stderr)
     return 0
 
 
 def _cmd_remove(args: argparse.Namespace) -> int:
-    from index.update import remove_items
+    import index
 
     ids = list(args.id or [])
     if args.ids_file:
@@ -207,14 +212,8 @@ def _cmd_remove(args: argparse.Namespace) -> int:
         "target": args.target,
         "make_current": not args.no_switch,
     }
-    if _sharded(args.dir):
-        from index.shards import remove_sharded
-
-        remove_sharded(args.dir, ids, **options)
-        print(f"removed {len(ids):,} items from the shards of {args.dir}", file=sys.stderr)
-        return 0
-    version = remove_items(args.dir, ids, **options)
-    print(f"wrote {version} without {len(ids):,} items", file=sys.stderr)
+    index.remove(args.dir, ids, **options)
+    print(f"removed {len(ids):,} items from {args.dir}", file=sys.stderr)
     return 0
 
 
@@ -242,28 +241,29 @@ def _cmd_switch(args: argparse.Namespace) -> int:
 
 
 def _cmd_info(args: argparse.Namespace) -> int:
-    for root in _shard_roots(args.dir):
-        if root != args.dir:
-            print(f"{Path(root).name}:")
-        _info_one(Path(root))
+    from index.shards import shard_roots
+
+    for root in shard_roots(args.dir):
+        if str(root) != args.dir:
+            print(f"{root.name}:")
+        _info_one(root)
     return 0
 
 
 def _info_one(root: Path) -> None:
-    from index.versions import current_name, read_manifest, versions
+    from index.versions import IndexManifest, current_name, versions
 
     names = versions(root) or [root.name]
     current = current_name(root)
     for name in names:
         version = root / name if versions(root) else root
-        manifest = read_manifest(version)
-        chosen = (manifest.get("recall") or {}).get("chosen") or {}
+        manifest = IndexManifest.read(version)
         mark = "*" if name == current else " "
         print(
-            f"{mark} {name}: {manifest['count']:,} items ({manifest['deleted']:,} deleted), "
-            f"{manifest['factory']}, search {manifest.get('search') or 'exact'}, "
-            f"R@10 {chosen.get('R@10', 1.0):.3f}, {manifest.get('bytes_per_vector')} B/vector, "
-            f"{manifest['created']}"
+            f"{mark} {name}: {manifest.count:,} items ({manifest.deleted:,} deleted), "
+            f"{manifest.factory}, search {dict(manifest.search) or 'exact'}, "
+            f"R@10 {manifest.chosen.get('R@10', 1.0):.3f}, {manifest.bytes_per_vector} B/vector, "
+            f"{manifest.model.describe()}, {manifest.created}"
         )
 
 
@@ -323,9 +323,25 @@ def add_index_commands(sub: Any) -> None:
     _common(build, switchable=False)
     build.set_defaults(handler=_cmd_build)
 
-    evaluate = commands.add_parser("eval", help="measure recall against exact search and tune")
+    evaluate = commands.add_parser(
+        "eval",
+        help="measure recall against exact search and tune, or of another bundle's queries",
+    )
     evaluate.add_argument("dir", help="an index root or version")
     evaluate.add_argument("--queries", help="[n, d] .npy of held-out queries (default: sampled)")
+    evaluate.add_argument(
+        "--bundle",
+        help="measure the recall of text queries embedded by this bundle (cross-precision)",
+    )
+    evaluate.add_argument(
+        "--reference",
+        help="with --bundle: a bundle of the same model whose queries are the truth "
+        "(typically the one that built the index)",
+    )
+    evaluate.add_argument(
+        "--texts", help="with --bundle: queries, one per line (default: the items' titles)"
+    )
+    evaluate.add_argument("--threads", type=int, help="ONNX Runtime threads (default: cores)")
     _common(evaluate, switchable=False)
     evaluate.set_defaults(handler=_cmd_eval)
 

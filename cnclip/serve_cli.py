@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 import tempfile
-from pathlib import Path
 from typing import Any
 
 SERVE_EPILOG = """\
@@ -63,24 +63,15 @@ def _environment(args: argparse.Namespace) -> None:
 
 def _preflight(settings: Any) -> None:
     """The mistakes worth a clear message before any worker starts."""
-    from index.versions import read_manifest as read_index_manifest
-    from index.versions import resolve
-    from runtime.bundle import MANIFEST, file_sha256, read_manifest
-    from runtime.errors import ConfigError
+    from runtime.bundle_manifest import BundleManifest
 
-    read_manifest(settings.bundle)
-    if settings.index is None:
-        return
-    bundle_sha = file_sha256(Path(settings.bundle) / MANIFEST)
-    root = Path(settings.index)
-    if (root / "shards.json").is_file():
-        return  # each shard is checked when the service loads it
-    built_with = read_index_manifest(resolve(root)).get("bundle_sha256")
-    if built_with != bundle_sha:
-        raise ConfigError(
-            f"{root}: the index was built with bundle {str(built_with)[:12]}, not with "
-            f"{settings.bundle} ({bundle_sha[:12]}); rebuild it with this bundle"
-        )
+    BundleManifest.read(settings.bundle)
+    if settings.index is not None:
+        from index import check_bundle
+
+        note = check_bundle(settings.index, settings.bundle)
+        if note:
+            print(f"cnclip serve: {note}", file=sys.stderr)
 
 
 def run(args: argparse.Namespace) -> int:

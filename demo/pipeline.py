@@ -202,7 +202,7 @@ def build_demo(
     version = build_version(
         index_root,
         corpus,
-        bundle_sha256=bundle.sha256,
+        model=bundle.identity,
         texts=text_corpus,
         factory="Flat",
         progress=False,

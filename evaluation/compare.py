@@ -160,18 +160,16 @@ def run_retrieval(
 
 
 def _check_bundles_against(catalog: Any, specs: Sequence[ModelSpec]) -> None:
-    """Refuse bundles the index was not built with, before spending time on any model."""
-    from runtime.bundle import file_sha256
+    """Refuse bundles of another model than the index's, before spending time on any."""
+    from runtime.bundle_manifest import bundle_ref
+    from runtime.identity import check_serves
+    from runtime.manifests import MANIFEST
 
-    wanted = catalog.bundle_sha256
     for spec in specs:
-        manifest = Path(spec.path) / "manifest.json"
-        if wanted and manifest.is_file() and file_sha256(manifest) != wanted:
-            raise CnClipError(
-                f"the index was built with bundle {wanted[:12]}, not with {spec.path}; its "
-                "vectors are not comparable: evaluate without --index or with the bundle "
-                "that built it"
-            )
+        if (Path(spec.path) / MANIFEST).is_file():
+            note = check_serves(catalog.model, bundle_ref(spec.path), "the index (--index)")
+            if note:
+                log.info(note)
 
 
 def _warn_if_checkpoint(catalog: Any, model: Any) -> None:

@@ -75,15 +75,15 @@ class BundleModel:
     def __init__(self, bundle: Any, label: str, backend: str) -> None:
         self.bundle = bundle
         manifest = bundle.manifest
-        precision = str(manifest.get("precision", "fp32"))
+        precision = manifest.precision
         self._info = ModelInfo(
             label=label,
             kind="bundle",
             path=str(bundle.directory),
             precision=precision,
-            architecture=str(manifest.get("architecture") or "custom"),
+            architecture=manifest.architecture or "custom",
             backend=backend,
-            details={"bundle_sha256": bundle.sha256},
+            details={"model_id": bundle.identity.model_id, "bundle_id": bundle.bundle_id},
         )
 
     @property
@@ -206,7 +206,7 @@ def open_model(
 
         options = backend_options or BackendOptions()
         bundle = load_bundle(p, options=options)
-        precision = str(bundle.manifest.get("precision", "fp32"))
+        precision = bundle.manifest.precision
         return BundleModel(bundle, label or default_label(p, precision), options.backend)
     if p.is_dir() and not (p / "config.json").is_file():
         raise CnClipError(

@@ -9,7 +9,6 @@ records the measured parity. A failed export leaves nothing behind.
 from __future__ import annotations
 
 import datetime
-import json
 import shutil
 import tempfile
 from pathlib import Path
@@ -31,13 +30,15 @@ from export.onnx_export import (
 )
 from export.samples import builtin_pictures, builtin_sentences
 from export.verify import VerificationSet, check_parity, measure_parity, verification_set
-from runtime.bundle import FORMAT, FORMAT_VERSION, MANIFEST, file_sha256
+from runtime.bundle_manifest import BundleManifest, FileRef, ImageSpec, TowerSpec
 from runtime.errors import ConfigError, DataError
+from runtime.files import file_sha256
 from runtime.images import PreprocessConfig
 from runtime.sessions import BackendOptions, EncoderSession, open_session
 from runtime.tokenizer import ChineseTokenizer
 from trainer.configs import find_architecture
 from trainer.data.records import replace_directory
+from trainer.identity import model_id
 from trainer.model import ChineseCLIP
 
 PRECISIONS = ("fp32", "fp16", "int8")
@@ -68,19 +69,17 @@ def verification_inputs(
 
 def _tower_entry(
     path: Path, input_name: str, output_name: str, precision: str, *dynamic: str
-) -> dict[str, Any]:
-    entry: dict[str, Any] = {
-        "file": path.name,
-        "sha256": file_sha256(path),
-        "input": input_name,
-        "output": output_name,
-        "precision": precision,
-        "dynamic_axes": {input_name: ["batch", *dynamic]},
-    }
-    data = external_data(path)
-    if data is not None:  # weights past protobuf's 2 GB live beside the graph
-        entry["external_data"] = {"file": data.name, "sha256": file_sha256(data)}
-    return entry
+) -> TowerSpec:
+    data = external_data(path)  # weights past protobuf's 2 GB live beside the graph
+    return TowerSpec(
+        file=path.name,
+        sha256=file_sha256(path),
+        input=input_name,
+        output=output_name,
+        precision=precision,
+        dynamic_axes={input_name: ["batch", *dynamic]},
+        external_data=None if data is None else FileRef(data.name, file_sha256(data)),
+    )
 
 
 def _manifest(
@@ -90,36 +89,31 @@ def _manifest(
     files: dict[str, Path],
     source: Path | None,
     parity: dict[str, Any],
-) -> dict[str, Any]:
+) -> BundleManifest:
     config = model.config
-    image = PreprocessConfig(image_size=config.vision.image_size)
-    return {
-        "format": FORMAT,
-        "format_version": FORMAT_VERSION,
-        "architecture": find_architecture(config),
-        "model_config": config.to_dict(),
-        "embed_dim": config.embed_dim,
-        "context_length": tokenizer.context_length,
-        "image": {
-            "size": image.image_size,
-            "resize": "bicubic-squash",  # the whole image to N x N, as the official code
-            "mean": list(image.mean),
-            "std": list(image.std),
-        },
-        "tokenizer": {"vocab": "vocab.txt", "vocab_sha256": tokenizer.vocab_sha256},
-        "logit_scale": float(model.logit_scale.detach().exp()),
-        "precision": precision,
-        "towers": {
+    preprocess = PreprocessConfig(image_size=config.vision.image_size)
+    image = ImageSpec(size=preprocess.image_size, mean=preprocess.mean, std=preprocess.std)
+    return BundleManifest(
+        model_id=model_id(model, vocab_sha256=tokenizer.vocab_sha256, image=image.to_dict()),
+        architecture=find_architecture(config),
+        model_config=config.to_dict(),
+        embed_dim=config.embed_dim,
+        context_length=tokenizer.context_length,
+        image=image,
+        vocab=FileRef("vocab.txt", tokenizer.vocab_sha256),
+        logit_scale=float(model.logit_scale.detach().exp()),
+        precision=precision,
+        towers={
             "text": _tower_entry(files["text"], TEXT_INPUT, TEXT_OUTPUT, precision, "sequence"),
             "image": _tower_entry(files["image"], IMAGE_INPUT, IMAGE_OUTPUT, precision),
         },
-        "source": {
+        source={
             "checkpoint": None if source is None else source.name,
             "sha256": None if source is None or not source.is_file() else file_sha256(source),
         },
-        "parity": parity,
-        "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-    }
+        parity=parity,
+        created=datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+    )
 
 
 def _sessions(
@@ -214,7 +208,7 @@ def export_bundle(
     torch_programs: bool = False,
     tensorrt: bool = False,
     device: int = 0,
-) -> dict[str, Any]:
+) -> BundleManifest:
     """Export, verify and write a bundle; returns its manifest.
 
     ``precision`` is that of the ONNX towers (fp32, fp16 or int8).
@@ -270,16 +264,15 @@ def export_bundle(
             model, tokenizer, precision, files, None if source is None else Path(source), parity
         )
         if torch_programs:
-            manifest["torch"] = _torch_programs(model, staging, data, verified_on)
+            manifest = manifest.replace(torch=_torch_programs(model, staging, data, verified_on))
         if tensorrt:
-            manifest["engines"] = [_tensorrt_engines(model, fp32, staging, data, device)]
+            engines = (_tensorrt_engines(model, fp32, staging, data, device),)
+            manifest = manifest.replace(engines=engines)
         for path in fp32.values():
             if path not in files.values():
                 path.unlink()
                 path.with_name(path.name + ".data").unlink(missing_ok=True)
-        (staging / MANIFEST).write_text(
-            json.dumps(manifest, ensure_ascii=False, indent=2) + "\n", encoding="utf-8"
-        )
+        manifest.write(staging)
         replace_directory(staging, target)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)

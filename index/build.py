@@ -33,17 +33,15 @@ from index.factory import IndexChoice, choose_index
 from index.store import IDS, ITEMS, create_store, write_ids
 from index.versions import (
     DELETED,
-    FORMAT,
-    FORMAT_VERSION,
     INDEX,
     TEXTS,
     VECTORS,
+    IndexManifest,
     new_version,
-    now,
     switch,
-    write_manifest,
 )
 from runtime.errors import ConfigError, DataError
+from runtime.identity import ModelRef
 
 ADD_CHUNK = 65_536
 EVAL_QUERIES = 1_000
@@ -255,31 +253,38 @@ def _write_corpus(
     corpus: Corpus,
     vectors: npt.NDArray[np.float32],
     index: Any,
-    manifest: dict[str, Any],
-) -> None:
+    manifest: IndexManifest,
+) -> IndexManifest:
     (directory / VECTORS).mkdir()
     np.save(directory / VECTORS / "part-00000.npy", vectors)
     write_ids(directory / IDS, corpus.ids)
     create_store(directory / ITEMS, 0, corpus.ids, corpus.items)
     np.save(directory / DELETED, np.zeros(0, dtype=np.int64))
     faiss.write_index(index, str(directory / INDEX))
-    manifest["bytes_per_vector"] = round((directory / INDEX).stat().st_size / len(vectors), 1)
-    write_manifest(directory, manifest)
+    size = (directory / INDEX).stat().st_size
+    manifest = manifest.replace(bytes_per_vector=round(size / len(vectors), 1))
+    manifest.write(directory)
+    return manifest
 
 
 def build_into(
     directory: Path,
     corpus: Corpus,
     *,
-    bundle_sha256: str | None,
+    model: ModelRef | None = None,
     factory: str | None = None,
     profile: str = "quality",
     target: float = 0.95,
     queries: npt.NDArray[np.float32] | None = None,
     seed: int = 0,
     progress: bool = True,
-) -> dict[str, Any]:
-    """Build one index into the (empty, existing) ``directory``; returns its manifest."""
+) -> IndexManifest:
+    """Build one index into the (empty, existing) ``directory``; returns its manifest.
+
+    ``model`` is what the version records of the model that made the vectors
+    (:attr:`runtime.bundle.Bundle.identity`, :func:`runtime.bundle_manifest.bundle_ref`);
+    without it the version records none and no bundle can be checked against it.
+    """
     vectors = check_vectors(corpus.vectors, corpus.ids)
     count, dim = vectors.shape
     if queries is not None and (queries.ndim != 2 or queries.shape[1] != dim):
@@ -315,28 +320,22 @@ def build_into(
     start = time.perf_counter()
     report = measure(index, vectors, queries, target)
     timings["tune_s"] = round(time.perf_counter() - start, 2)
-    manifest: dict[str, Any] = {
-        "format": FORMAT,
-        "format_version": FORMAT_VERSION,
-        "bundle_sha256": bundle_sha256,
-        "dim": dim,
-        "metric": "inner_product",
-        "count": count,
-        "total": count,
-        "deleted": 0,
-        "factory": choice.factory,
-        "choice": choice.to_dict(),
-        "search": search_settings(report),
-        "recall": report,
-        "timings": timings,
-        "trained_on": count,
-        "created": now(),
-    }
-    _write_corpus(directory, corpus, vectors, index, manifest)
-    chosen = report.get("chosen") or {}
+    manifest = IndexManifest(
+        model=model or ModelRef(),
+        dim=dim,
+        count=count,
+        total=count,
+        factory=choice.factory,
+        choice=choice.to_dict(),
+        search=search_settings(report),
+        recall=report,
+        timings=timings,
+        trained_on=count,
+    )
+    manifest = _write_corpus(directory, corpus, vectors, index, manifest)
     log(
-        f"  R@10 {chosen.get('R@10', 1.0):.3f} with {manifest['search'] or 'exact search'}"
-        f", {manifest['bytes_per_vector']} bytes per vector",
+        f"  R@10 {manifest.chosen.get('R@10', 1.0):.3f} with "
+        f"{dict(manifest.search) or 'exact search'}, {manifest.bytes_per_vector} bytes per vector",
         file=sys.stderr,
     )
     return manifest
@@ -346,7 +345,7 @@ def build_version(
     root: str | Path,
     corpus: Corpus,
     *,
-    bundle_sha256: str | None,
+    model: ModelRef | None = None,
     texts: Corpus | None = None,
     factory: str | None = None,
     profile: str = "quality",
@@ -362,7 +361,7 @@ def build_version(
         manifest = build_into(
             staging,
             corpus,
-            bundle_sha256=bundle_sha256,
+            model=model,
             factory=factory,
             profile=profile,
             target=target,
@@ -372,12 +371,12 @@ def build_version(
         )
         if texts is not None:
             (staging / TEXTS).mkdir()
-            if texts.vectors.shape[1] != manifest["dim"]:
+            if texts.vectors.shape[1] != manifest.dim:
                 raise DataError("the text corpus and the catalog have different dimensions")
             build_into(
                 staging / TEXTS,
                 texts,
-                bundle_sha256=bundle_sha256,
+                model=model,
                 profile=profile,
                 target=target,
                 seed=seed,

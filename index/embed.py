@@ -3,7 +3,7 @@
 A catalog is jsonl, one item a line: ``{"id": str, "image": path-or-URL, "title": str, ...}``
 (:func:`read_catalog`). :func:`embed_catalog` embeds its images into a *work directory*::
 
-    progress.json            bundle sha256, item count, catalog ids sha256, shard size
+    progress.json            bundle id, item count, catalog ids sha256, shard size
     shard-00000.ids.txt      ids of the items embedded in shard 0, one a line
     shard-00000.npy          their float32 [n, d] unit vectors, in the same order
     shard-00000.done.json    written last: the shard is complete; lists its rejects
@@ -77,7 +77,7 @@ __all__ = [
 ]
 
 FORMAT: Final = "cnclip-embeddings"
-FORMAT_VERSION: Final = 1
+FORMAT_VERSION: Final = 2  # 2: the bundle id instead of the manifest sha256
 PROGRESS: Final = "progress.json"
 REJECTS: Final = "rejects.jsonl"
 IDS: Final = "ids.txt"
@@ -98,7 +98,7 @@ class ImageEncoder(Protocol):
     """What :func:`embed_catalog` needs of a bundle (:class:`runtime.bundle.Bundle` has it)."""
 
     @property
-    def sha256(self) -> str: ...
+    def bundle_id(self) -> str: ...
 
     @property
     def embed_dim(self) -> int: ...
@@ -320,7 +320,7 @@ def embed_catalog(
     state = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
-        "bundle_sha256": bundle.sha256,
+        "bundle_id": bundle.bundle_id,
         "embed_dim": dim,
         "items": len(items),
         "ids_sha256": _catalog_fingerprint(items),
@@ -429,11 +429,11 @@ def _check_progress(work_dir: Path, state: dict[str, Any]) -> None:
         raise DataError(f"{path}: unreadable ({exc}); delete {work_dir} to start over") from exc
     if not isinstance(old, dict) or old.get("format") != FORMAT:
         raise DataError(f"{path}: not an embed_catalog progress file; use another work directory")
-    if old.get("bundle_sha256") != state["bundle_sha256"]:
+    if old.get("bundle_id") != state["bundle_id"]:
         raise DataError(
-            f"{work_dir}: started with another model bundle (sha256 "
-            f"{str(old.get('bundle_sha256'))[:12]}..., this one {state['bundle_sha256'][:12]}...); "
-            "embeddings of two models cannot be mixed: use another work directory or delete it"
+            f"{work_dir}: started with another model bundle ({str(old.get('bundle_id'))[:12]}"
+            f"..., this one {state['bundle_id'][:12]}...); the shards of one run come from "
+            "one bundle: use another work directory or delete it"
         )
     if old.get("items") != state["items"] or old.get("ids_sha256") != state["ids_sha256"]:
         raise DataError(

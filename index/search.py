@@ -33,11 +33,12 @@ from index.versions import (
     INDEX,
     TEXTS,
     VECTORS,
+    IndexManifest,
     IndexVersionError,
-    read_manifest,
     resolve,
 )
 from runtime.errors import ConfigError, DataError
+from runtime.identity import ModelRef
 
 EXACT_SUBSET_MAX = 50_000  # filters matching at most this many rows are searched exactly
 MMAP_MIN_BYTES = 1 << 30
@@ -75,7 +76,7 @@ class CatalogIndex:
         self, directory: Path, *, mmap: bool | None = None, gpu: bool | None = None
     ) -> None:
         self.directory = directory
-        self.manifest = read_manifest(directory)
+        self.manifest = IndexManifest.read(directory)
         path = directory / INDEX
         if not path.is_file():
             raise IndexVersionError(f"{directory}: {INDEX} is missing; rebuild the index")
@@ -87,14 +88,14 @@ class CatalogIndex:
         except RuntimeError as exc:
             raise IndexVersionError(f"{path}: FAISS cannot read it ({exc}); rebuild") from exc
         self.store = ItemStore(directory)
-        total = int(self.manifest["total"])
+        total = self.manifest.total
         if self.index.ntotal != total or len(self.store.ids) != total:
             raise IndexVersionError(
                 f"{directory}: the index holds {self.index.ntotal} vectors and "
                 f"{len(self.store.ids)} ids, the manifest says {total}; the version is "
                 "inconsistent, rebuild it"
             )
-        self.dim = int(self.manifest["dim"])
+        self.dim = self.manifest.dim
         self.total = total
         deleted_path = directory / DELETED
         self.deleted = np.load(deleted_path) if deleted_path.is_file() else np.zeros(0, np.int64)
@@ -102,7 +103,7 @@ class CatalogIndex:
         self._live: npt.NDArray[np.bool_] | None = None
         self._vectors: npt.NDArray[np.float32] | None = None
         self._lock = threading.Lock()
-        search = self.manifest.get("search", {})
+        search = self.manifest.search
         self.nprobe: int | None = search.get("nprobe")
         self.ef_search: int | None = search.get("ef_search")
         self.k_factor: float | None = search.get("k_factor")
@@ -118,9 +119,9 @@ class CatalogIndex:
         self.texts = CatalogIndex(texts, mmap=mmap, gpu=gpu) if texts.is_dir() else None
 
     @property
-    def bundle_sha256(self) -> str | None:
-        value = self.manifest.get("bundle_sha256")
-        return None if value is None else str(value)
+    def model(self) -> ModelRef:
+        """The model whose vectors the version holds (:mod:`runtime.identity`)."""
+        return self.manifest.model
 
     def vectors(self) -> npt.NDArray[np.float32]:
         with self._lock:

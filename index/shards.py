@@ -13,10 +13,10 @@ the same way.
 
 from __future__ import annotations
 
-import json
 import zlib
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -29,8 +29,49 @@ from index.search import load as load_one
 from index.update import add_items, remove_items
 from index.versions import IndexVersionError
 from runtime.errors import DataError
+from runtime.identity import ModelRef, check_serves
+from runtime.manifests import read_json, write_json
 
 SHARDS = "shards.json"
+SHARDS_FORMAT = "cnclip-shards"
+HASH = "crc32(id) % shards"
+
+
+@dataclass(frozen=True)
+class ShardSet:
+    """A sharded root's ``shards.json``: how many shards, and how an id picks its shard."""
+
+    shards: int
+    hash: str = HASH
+
+    def write(self, root: Path) -> None:
+        data = {
+            "format": SHARDS_FORMAT,
+            "format_version": 1,
+            "shards": self.shards,
+            "hash": self.hash,
+        }
+        write_json(root / SHARDS, data)
+
+    @classmethod
+    def read(cls, root: Path) -> ShardSet:
+        # Written without format fields before they existed: read as version 1.
+        data = read_json(
+            root / SHARDS,
+            format=SHARDS_FORMAT,
+            version=1,
+            error=IndexVersionError,
+            what="shard set",
+            fix="build the sharded index again",
+            legacy=True,
+        )
+        try:
+            shards, hash_ = int(data["shards"]), str(data.get("hash", HASH))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise IndexVersionError(f"{root / SHARDS}: unreadable ({exc!r})") from exc
+        if shards < 1 or hash_ != HASH:
+            raise IndexVersionError(f"{root / SHARDS}: {shards} shards by {hash_!r}; not readable")
+        return cls(shards, hash_)
 
 
 def shard_of(item_id: str, shards: int) -> int:
@@ -40,6 +81,14 @@ def shard_of(item_id: str, shards: int) -> int:
 
 def _shard_dir(root: Path, shard: int) -> Path:
     return root / f"shard-{shard:03d}"
+
+
+def shard_roots(path: str | Path) -> list[Path]:
+    """The index roots under ``path``: each shard's for a sharded root, else ``path``."""
+    root = Path(path)
+    if not (root / SHARDS).is_file():
+        return [root]
+    return [_shard_dir(root, shard) for shard in range(ShardSet.read(root).shards)]
 
 
 def _split(corpus: Corpus, shards: int) -> list[Corpus]:
@@ -55,7 +104,7 @@ def _split(corpus: Corpus, shards: int) -> list[Corpus]:
 def build_sharded(root: str | Path, corpus: Corpus, shards: int, **options: Any) -> list[Path]:
     """Split ``corpus`` by id into ``shards`` indexes under ``root``; returns their versions.
 
-    ``options`` are those of :func:`index.build.build_version` (bundle_sha256 included).
+    ``options`` are those of :func:`index.build.build_version` (``model`` included).
     """
     if shards < 1:
         raise DataError(f"shards must be at least 1, not {shards}")
@@ -67,9 +116,7 @@ def build_sharded(root: str | Path, corpus: Corpus, shards: int, **options: Any)
     versions = [
         build_version(_shard_dir(root, shard), part, **options) for shard, part in enumerate(parts)
     ]
-    (root / SHARDS).write_text(
-        json.dumps({"shards": shards, "hash": "crc32(id) % shards"}) + "\n", encoding="utf-8"
-    )
+    ShardSet(shards).write(root)
     return versions
 
 
@@ -103,18 +150,13 @@ class ShardedIndex:
     """The shards of a sharded root, searched together."""
 
     def __init__(self, root: Path, *, mmap: bool | None = None, gpu: bool | None = None) -> None:
-        try:
-            config = json.loads((root / SHARDS).read_text(encoding="utf-8"))
-            count = int(config["shards"])
-        except (OSError, ValueError, KeyError, TypeError) as exc:
-            raise IndexVersionError(f"{root}: unreadable {SHARDS} ({exc})") from exc
+        count = ShardSet.read(root).shards
         self.root = root
         self.shards: list[CatalogIndex] = [
             load_one(_shard_dir(root, shard), mmap=mmap, gpu=gpu) for shard in range(count)
         ]
-        bundles = {s.bundle_sha256 for s in self.shards}
-        if len(bundles) > 1:
-            raise IndexVersionError(f"{root}: its shards were built with different bundles")
+        for shard in self.shards[1:]:  # every shard holds vectors of the first one's model
+            check_serves(shard.model, self.shards[0].model, shard.directory)
         self.dim = self.shards[0].dim
         self._pool = ThreadPoolExecutor(max_workers=count, thread_name_prefix="shard")
 
@@ -123,8 +165,8 @@ class ShardedIndex:
         return sum(s.count for s in self.shards)
 
     @property
-    def bundle_sha256(self) -> str | None:
-        return self.shards[0].bundle_sha256
+    def model(self) -> ModelRef:
+        return self.shards[0].model
 
     def search(
         self,
@@ -165,6 +207,8 @@ def add_sharded(root: str | Path, corpus: Corpus, **options: Any) -> None:
     root = Path(root)
     sharded = ShardedIndex(root)
     try:
+        if options.get("model") is not None:
+            check_serves(sharded.model, options["model"], root)
         parts = _split(corpus, len(sharded.shards))
         for catalog, part in zip(sharded.shards, parts, strict=True):
             present = catalog.store.rows_of(list(part.ids))

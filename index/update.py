@@ -39,16 +39,15 @@ from index.versions import (
     INDEX,
     TEXTS,
     VECTORS,
-    IndexVersionError,
+    IndexManifest,
     link_or_copy,
     new_version,
     now,
-    read_manifest,
     resolve,
     switch,
-    write_manifest,
 )
 from runtime.errors import DataError
+from runtime.identity import ModelRef, check_serves
 
 COMPACT_AT = 0.2  # suggest compaction when this share of rows is deleted
 
@@ -65,16 +64,6 @@ def _share(source: Path, target: Path) -> None:
         link_or_copy(source, target)
 
 
-def _check_bundle(manifest: dict[str, Any], bundle_sha256: str | None, where: Path) -> None:
-    built = manifest.get("bundle_sha256")
-    if bundle_sha256 is not None and built is not None and built != bundle_sha256:
-        raise IndexVersionError(
-            f"{where} was built with another model bundle (sha256 {str(built)[:12]}..., "
-            f"not {bundle_sha256[:12]}...); embeddings of different models do not mix: "
-            "build a new index"
-        )
-
-
 def _live(total: int, deleted: npt.NDArray[np.int64]) -> npt.NDArray[np.int64]:
     live = np.ones(total, dtype=bool)
     live[deleted] = False
@@ -83,46 +72,51 @@ def _live(total: int, deleted: npt.NDArray[np.int64]) -> npt.NDArray[np.int64]:
 
 def _finish(
     staging: Path,
-    manifest: dict[str, Any],
+    manifest: IndexManifest,
     index: Any,
     deleted: npt.NDArray[np.int64],
     target: float,
 ) -> None:
     """Measure the new version's recall (deleted rows excluded) and write its manifest."""
     vectors = load_vectors(staging)
-    total = int(manifest["total"])
+    total = manifest.total
     report = measure(index, vectors, None, target, valid=_live(total, deleted))
-    manifest["search"] = search_settings(report)
-    manifest["recall"] = report
-    manifest["count"] = total - len(deleted)
-    manifest["deleted"] = len(deleted)
-    manifest["created"] = now()
-    write_manifest(staging, manifest)
+    manifest.replace(
+        search=search_settings(report),
+        recall=report,
+        count=total - len(deleted),
+        deleted=len(deleted),
+        created=now(),
+    ).write(staging)
 
 
 def add_items(
     root: str | Path,
     corpus: Corpus,
     *,
-    bundle_sha256: str | None = None,
+    model: ModelRef | None = None,
     target: float = 0.95,
     progress: bool = True,
     make_current: bool = True,
 ) -> Path:
     """A new version with ``corpus`` added to the current one; returns its path.
 
+    ``model`` is the bundle that embedded ``corpus``; it must be of the index's model
+    (:func:`runtime.identity.check_serves`), any precision.
+
     Raises:
         DataError: an id that is already live in the index, or a different dimension.
-        IndexVersionError: the index was built with another bundle.
+        ModelMismatchError: the index was built with another model.
     """
     root = Path(root)
     current = resolve(root)
-    manifest = read_manifest(current)
-    _check_bundle(manifest, bundle_sha256, current)
+    manifest = IndexManifest.read(current)
+    if model is not None:
+        check_serves(manifest.model, model, current)
     vectors = check_vectors(corpus.vectors, corpus.ids)
-    if vectors.shape[1] != manifest["dim"]:
+    if vectors.shape[1] != manifest.dim:
         raise DataError(
-            f"new embeddings have {vectors.shape[1]} dimensions, the index {manifest['dim']}"
+            f"new embeddings have {vectors.shape[1]} dimensions, the index {manifest.dim}"
         )
     store = ItemStore(current)
     try:
@@ -132,7 +126,7 @@ def add_items(
     if present:
         shown = ", ".join(sorted(present)[:5])
         raise DataError(f"{len(present)} ids are already in the index ({shown}); remove them first")
-    total = int(manifest["total"])
+    total = manifest.total
     with new_version(root) as (staging, name):
         (staging / VECTORS).mkdir()
         parts = sorted((current / VECTORS).glob("part-*.npy"))
@@ -154,9 +148,11 @@ def add_items(
         index = faiss.read_index(str(current / INDEX))
         add_vectors(index, vectors, total, progress)
         faiss.write_index(index, str(staging / INDEX))
-        manifest = {**manifest, "total": total + len(vectors), "parent": current.name}
-        manifest["bytes_per_vector"] = round(
-            (staging / INDEX).stat().st_size / manifest["total"], 1
+        size = (staging / INDEX).stat().st_size
+        manifest = manifest.replace(
+            total=total + len(vectors),
+            parent=current.name,
+            bytes_per_vector=round(size / (total + len(vectors)), 1),
         )
         _finish(staging, manifest, index, np.load(staging / DELETED), target)
     if make_current:
@@ -179,7 +175,7 @@ def remove_items(
     """
     root = Path(root)
     current = resolve(root)
-    manifest = read_manifest(current)
+    manifest = IndexManifest.read(current)
     store = ItemStore(current)
     try:
         rows = store.rows_of(list(ids))
@@ -199,11 +195,10 @@ def remove_items(
         mark_deleted(staging / ITEMS, list(rows.values()))
         np.save(staging / DELETED, deleted.astype(np.int64))
         index = faiss.read_index(str(current / INDEX), faiss.IO_FLAG_MMAP | faiss.IO_FLAG_READ_ONLY)
-        manifest = {**manifest, "parent": current.name}
-        _finish(staging, manifest, index, deleted, target)
+        _finish(staging, manifest.replace(parent=current.name), index, deleted, target)
     if make_current:
         switch(root, name)
-    share = len(deleted) / int(manifest["total"])
+    share = len(deleted) / manifest.total
     if share >= COMPACT_AT:
         print(
             f"{100 * share:.0f}% of the index's rows are deleted: run cnclip index compact",
@@ -228,9 +223,9 @@ def compact(
     """
     root = Path(root)
     current = resolve(root)
-    manifest = read_manifest(current)
+    manifest = IndexManifest.read(current)
     deleted = np.load(current / DELETED)
-    live = _live(int(manifest["total"]), deleted)
+    live = _live(manifest.total, deleted)
     if not len(live):
         raise DataError("every item is deleted; build a new index instead")
     store = ItemStore(current)
@@ -241,12 +236,12 @@ def compact(
         store.close()
     items = [meta[int(r)] for r in live]
     vectors = np.ascontiguousarray(load_vectors(current)[live])
-    keep = None if profile is not None else factory or str(manifest["factory"])
+    keep = None if profile is not None else factory or manifest.factory
     with new_version(root) as (staging, name):
         built = build_into(
             staging,
             Corpus(vectors, ids, items),
-            bundle_sha256=manifest.get("bundle_sha256"),
+            model=manifest.model,
             factory=keep,
             profile=profile or "quality",
             target=target,
@@ -254,8 +249,7 @@ def compact(
         )
         if (current / TEXTS).is_dir():
             _share(current / TEXTS, staging / TEXTS)
-        built["parent"] = current.name
-        write_manifest(staging, built)
+        built.replace(parent=current.name).write(staging)
     if make_current:
         switch(root, name)
     return root / name

@@ -9,7 +9,8 @@ with ``cnclip index switch``).
 
 A version directory::
 
-    manifest.json    format, bundle sha256, factory, search settings, measured recall
+    manifest.json    format, the model (runtime.identity), factory, search settings,
+                     measured recall (:class:`IndexManifest`)
     index.faiss      the FAISS index; its internal id of an item is the item's row
     ids.npy          the item id of every row (index/store.py)
     items.sqlite     metadata and attributes for filters (index/store.py)
@@ -20,28 +21,33 @@ A version directory::
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
-import json
 import os
 import re
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from runtime.errors import CnClipError
+from runtime.files import write_atomically
+from runtime.identity import ModelRef
+from runtime.manifests import MANIFEST, read_json, write_json
 
 FORMAT = "cnclip-index"
-FORMAT_VERSION = 1
-MANIFEST = "manifest.json"
+FORMAT_VERSION = 2  # 2: the model reference (model id, bundle id) instead of bundle_sha256
 CURRENT = "CURRENT"
 INDEX = "index.faiss"
 VECTORS = "vectors"
 DELETED = "deleted.npy"
 TEXTS = "texts"
 _VERSION = re.compile(r"^v(\d{4,})$")
+
+__all__ = ["MANIFEST", "IndexManifest", "IndexVersionError"]
 
 
 class IndexVersionError(CnClipError):
@@ -52,29 +58,115 @@ def now() -> str:
     return datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
 
 
-def read_manifest(version: Path) -> dict[str, Any]:
-    path = version / MANIFEST
-    try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError as exc:
-        raise IndexVersionError(f"{version}: no {MANIFEST}; not an index version") from exc
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise IndexVersionError(f"{path}: unreadable ({exc}); rebuild the index") from exc
-    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
-        raise IndexVersionError(f"{path}: not a {FORMAT} manifest")
-    if not isinstance(manifest.get("format_version"), int) or manifest["format_version"] > 1:
-        raise IndexVersionError(
-            f"{path}: index format version {manifest.get('format_version')!r} is newer than "
-            f"this cnclip reads ({FORMAT_VERSION}); upgrade cnclip"
+@dataclass(frozen=True)
+class IndexManifest:
+    """One index version's ``manifest.json``, written by the builders and read by the rest.
+
+    ``model``: the model whose vectors the version holds (:mod:`runtime.identity`);
+    ``count`` live items of ``total`` rows (``deleted`` removed); ``factory`` the FAISS
+    factory string and ``choice`` why it was chosen; ``search`` the tuned search setting
+    (nprobe, ef_search, k_factor) and ``recall`` the measurement it came from.
+    """
+
+    model: ModelRef
+    dim: int
+    count: int
+    total: int
+    factory: str
+    deleted: int = 0
+    metric: str = "inner_product"
+    choice: Mapping[str, Any] = field(default_factory=dict)
+    search: Mapping[str, Any] = field(default_factory=dict)
+    recall: Mapping[str, Any] = field(default_factory=dict)
+    timings: Mapping[str, float] = field(default_factory=dict)
+    trained_on: int = 0
+    created: str = field(default_factory=now)
+    bytes_per_vector: float | None = None
+    parent: str | None = None
+    format_version: int = FORMAT_VERSION
+
+    @property
+    def chosen(self) -> Mapping[str, Any]:
+        """The measured point of the tuned setting (R@1, R@10, qps ...), or {}."""
+        return self.recall.get("chosen") or {}
+
+    def replace(self, **changes: Any) -> IndexManifest:
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "format": FORMAT,
+            "format_version": FORMAT_VERSION,
+            "model": self.model.to_dict(),
+            "dim": self.dim,
+            "metric": self.metric,
+            "count": self.count,
+            "total": self.total,
+            "deleted": self.deleted,
+            "factory": self.factory,
+            "choice": dict(self.choice),
+            "search": dict(self.search),
+            "recall": dict(self.recall),
+            "timings": dict(self.timings),
+            "trained_on": self.trained_on,
+            "created": self.created,
+            "bytes_per_vector": self.bytes_per_vector,
+        }
+        if self.parent is not None:
+            out["parent"] = self.parent
+        return out
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], where: Path) -> IndexManifest:
+        # Format 1 recorded the bundle's manifest sha256 alone.
+        model = (
+            ModelRef.from_dict(data["model"])
+            if isinstance(data.get("model"), Mapping)
+            else ModelRef(bundle_sha256=data.get("bundle_sha256"))
         )
-    return manifest
+        try:
+            return cls(
+                model=model,
+                dim=int(data["dim"]),
+                count=int(data["count"]),
+                total=int(data["total"]),
+                factory=str(data["factory"]),
+                deleted=int(data.get("deleted", 0)),
+                metric=str(data.get("metric", "inner_product")),
+                choice=dict(data.get("choice") or {}),
+                search=dict(data.get("search") or {}),
+                recall=dict(data.get("recall") or {}),
+                timings=dict(data.get("timings") or {}),
+                trained_on=int(data.get("trained_on", 0)),
+                created=str(data.get("created", "")),
+                bytes_per_vector=data.get("bytes_per_vector"),
+                parent=data.get("parent"),
+                format_version=int(data["format_version"]),
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise IndexVersionError(
+                f"{where}: the manifest's {exc} is missing or malformed; rebuild the index"
+            ) from exc
+
+    @classmethod
+    def read(cls, version: Path) -> IndexManifest:
+        data = read_json(
+            Path(version) / MANIFEST,
+            format=FORMAT,
+            version=FORMAT_VERSION,
+            error=IndexVersionError,
+            what="index version",
+            fix="rebuild the index",
+        )
+        return cls.from_dict(data, Path(version) / MANIFEST)
+
+    def write(self, version: Path) -> None:
+        write_json(Path(version) / MANIFEST, self.to_dict())
 
 
-def write_manifest(version: Path, manifest: dict[str, Any]) -> None:
-    text = json.dumps(manifest, ensure_ascii=False, indent=2) + "\n"
-    tmp = version / f".{MANIFEST}.tmp"
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, version / MANIFEST)
+def read_manifest(version: Path) -> IndexManifest:
+    """The manifest of the version directory ``version``."""
+    return IndexManifest.read(version)
 
 
 def versions(root: Path) -> list[str]:
@@ -114,9 +206,7 @@ def switch(root: Path, name: str) -> None:
     if not (root / name / MANIFEST).is_file():
         have = ", ".join(versions(root)) or "none"
         raise IndexVersionError(f"{root}: no complete version {name!r} (versions: {have})")
-    tmp = root / f".{CURRENT}.tmp"
-    tmp.write_text(name + "\n", encoding="utf-8")
-    os.replace(tmp, root / CURRENT)
+    write_atomically(root / CURRENT, (name + "\n").encode("utf-8"))
 
 
 @contextmanager

@@ -19,10 +19,7 @@ is wrong and what to do. Only the files the chosen backend runs are hashed.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -30,8 +27,12 @@ import numpy as np
 import numpy.typing as npt
 from PIL import Image
 
-from runtime.errors import CnClipError, ConfigError
+from runtime.bundle_manifest import BundleError, BundleManifest, FileRef, TowerSpec
+from runtime.errors import ConfigError
+from runtime.files import file_sha256
+from runtime.identity import ModelRef
 from runtime.images import PreprocessConfig, load_image, preprocess_batch
+from runtime.manifests import MANIFEST
 from runtime.sessions import (
     ONNX_BACKENDS,
     TORCH_BACKENDS,
@@ -41,67 +42,7 @@ from runtime.sessions import (
 )
 from runtime.tokenizer import ChineseTokenizer
 
-FORMAT = "cnclip-bundle"
-FORMAT_VERSION = 1
-MANIFEST = "manifest.json"
-
-
-class BundleError(CnClipError):
-    """A model bundle that is missing, incomplete, corrupted or inconsistent."""
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-@dataclass(frozen=True)
-class TowerSpec:
-    file: str
-    sha256: str
-    input: str
-    output: str
-    precision: str
-
-
-def _tower(manifest: dict[str, Any], name: str, where: Path) -> TowerSpec:
-    try:
-        raw = manifest["towers"][name]
-        return TowerSpec(
-            file=str(raw["file"]),
-            sha256=str(raw["sha256"]),
-            input=str(raw["input"]),
-            output=str(raw["output"]),
-            precision=str(raw["precision"]),
-        )
-    except (KeyError, TypeError) as exc:
-        raise BundleError(f"{where}: the manifest lacks the {name} tower ({exc})") from exc
-
-
-def read_manifest(directory: str | Path) -> dict[str, Any]:
-    """The parsed and version-checked ``manifest.json`` of a bundle directory."""
-    path = Path(directory)
-    manifest_path = path / MANIFEST
-    if not path.is_dir():
-        raise BundleError(f"{path}: not a model bundle directory (write one with cnclip export)")
-    try:
-        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
-    except FileNotFoundError as exc:
-        raise BundleError(f"{path}: no {MANIFEST}; not a model bundle") from exc
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise BundleError(f"{manifest_path}: unreadable ({exc}); export the bundle again") from exc
-    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
-        raise BundleError(f"{manifest_path}: not a {FORMAT} manifest")
-    version = manifest.get("format_version")
-    if not isinstance(version, int) or version > FORMAT_VERSION:
-        raise BundleError(
-            f"{manifest_path}: bundle format version {version!r} is newer than this cnclip "
-            f"reads ({FORMAT_VERSION}); upgrade cnclip"
-        )
-    return manifest
+__all__ = ["MANIFEST", "Bundle", "BundleError", "BundleManifest", "load_bundle"]
 
 
 class Bundle:
@@ -114,7 +55,7 @@ class Bundle:
     def __init__(
         self,
         directory: Path,
-        manifest: dict[str, Any],
+        manifest: BundleManifest,
         text: EncoderSession,
         image: EncoderSession,
         tokenizer: ChineseTokenizer,
@@ -124,27 +65,24 @@ class Bundle:
         self.text_session = text
         self.image_session = image
         self.tokenizer = tokenizer
-        self._sha256 = file_sha256(directory / MANIFEST)
-        image_cfg = manifest["image"]
+        self.identity: ModelRef = manifest.ref(file_sha256(directory / MANIFEST))
         self.preprocess_config = PreprocessConfig(
-            image_size=int(image_cfg["size"]),
-            mean=tuple(image_cfg["mean"]),
-            std=tuple(image_cfg["std"]),
+            image_size=manifest.image.size, mean=manifest.image.mean, std=manifest.image.std
         )
 
     @property
     def embed_dim(self) -> int:
-        return int(self.manifest["embed_dim"])
+        return self.manifest.embed_dim
 
     @property
     def logit_scale(self) -> float:
         """The exponentiated scale: zero-shot logits are ``logit_scale * cosine``."""
-        return float(self.manifest["logit_scale"])
+        return self.manifest.logit_scale
 
     @property
-    def sha256(self) -> str:
-        """The manifest's sha256: names this exact bundle (caches, index versions)."""
-        return self._sha256
+    def bundle_id(self) -> str:
+        """The bundle's content identity (:mod:`runtime.identity`): cache keys, metrics."""
+        return self.manifest.bundle_id
 
     def encode_token_ids(self, ids: npt.NDArray[np.int64]) -> npt.NDArray[np.float32]:
         return self.text_session.run(np.ascontiguousarray(ids, dtype=np.int64))
@@ -174,11 +112,13 @@ class Bundle:
         return self.encode_pixels(preprocess_batch(decoded, self.preprocess_config))
 
 
-def _checked(path: Path, entry: dict[str, Any], what: str) -> Path:
-    """``entry['file']`` inside ``path``, present and with the manifest's sha256."""
+def _checked(path: Path, entry: FileRef | Mapping[str, Any] | None, what: str) -> Path:
+    """``entry``'s file inside ``path``, present and with the manifest's sha256."""
     try:
-        file = path / str(entry["file"])
-        wanted = str(entry["sha256"])
+        if isinstance(entry, FileRef):
+            file, wanted = path / entry.file, entry.sha256
+        else:
+            file, wanted = path / str(entry["file"]), str(entry["sha256"])  # type: ignore[index]
     except (KeyError, TypeError) as exc:
         raise BundleError(f"{path}: the manifest's {what} entry is incomplete ({exc})") from exc
     if not file.is_file():
@@ -191,49 +131,46 @@ def _checked(path: Path, entry: dict[str, Any], what: str) -> Path:
     return file
 
 
-def _checked_graph(path: Path, manifest: dict[str, Any], name: str, tower: TowerSpec) -> Path:
+def _checked_graph(path: Path, name: str, tower: TowerSpec) -> Path:
     """A tower's ONNX graph, and its external weights file when it has one, both checked."""
-    data = manifest["towers"][name].get("external_data")
-    if data is not None:
-        _checked(path, data, f"{name} tower's weights")
-    return _checked(path, vars(tower), f"{name} tower")
+    if tower.external_data is not None:
+        _checked(path, tower.external_data, f"{name} tower's weights")
+    return _checked(path, FileRef(tower.file, tower.sha256), f"{name} tower")
 
 
-def _profiles(manifest: dict[str, Any]) -> dict[str, Any]:
+def _profiles(manifest: BundleManifest) -> dict[str, Any]:
     from runtime.tensorrt import image_profile, text_profile
 
     return {
-        "text": text_profile(int(manifest["context_length"])),
-        "image": image_profile(int(manifest["image"]["size"])),
+        "text": text_profile(manifest.context_length),
+        "image": image_profile(manifest.image.size),
     }
 
 
-def _tower_files(
-    path: Path, manifest: dict[str, Any], towers: dict[str, TowerSpec], options: BackendOptions
-) -> dict[str, Path]:
+def _tower_files(path: Path, manifest: BundleManifest, options: BackendOptions) -> dict[str, Path]:
     """The file each tower runs from on ``options.backend``, checked against the manifest."""
+    towers = manifest.towers
     if options.backend in ONNX_BACKENDS:
-        return {name: _checked_graph(path, manifest, name, t) for name, t in towers.items()}
+        return {name: _checked_graph(path, name, t) for name, t in towers.items()}
     if options.backend in TORCH_BACKENDS:
-        programs = manifest.get("torch")
-        if not isinstance(programs, dict):
+        if manifest.torch is None:
             raise BundleError(
                 f"{path}: this bundle has no PyTorch programs for backend {options.backend}; "
                 "export it with cnclip export --torch"
             )
+        programs = manifest.torch.get("towers", {})
         return {
-            name: _checked(path, programs.get("towers", {}).get(name), f"PyTorch {name} program")
-            for name in towers
+            name: _checked(path, programs.get(name), f"PyTorch {name} program") for name in towers
         }
-    if manifest.get("precision") == "int8":
+    if manifest.precision == "int8":
         raise ConfigError(
             f"{path}: TensorRT runs fp32 and fp16 bundles; this one is int8 (for the CPU)"
         )
     from runtime.tensorrt import cached_engine, current_engine_key, default_cache_dir
 
     key = current_engine_key(options.device)
-    for engine in manifest.get("engines", []):
-        if isinstance(engine, dict) and engine.get("key") == key:
+    for engine in manifest.engines:
+        if engine.get("key") == key:
             return {
                 name: _checked(path, engine.get("towers", {}).get(name), f"TensorRT {name} engine")
                 for name in towers
@@ -242,7 +179,7 @@ def _tower_files(
     cache = options.cache_dir or default_cache_dir()
     return {
         name: cached_engine(
-            _checked_graph(path, manifest, name, t),
+            _checked_graph(path, name, t),
             t.sha256,
             options.profiles[name],
             cache,
@@ -270,37 +207,27 @@ def load_bundle(
         ConfigError: an unknown backend, or one that is not installed.
     """
     path = Path(directory)
-    manifest = read_manifest(path)
-    towers = {name: _tower(manifest, name, path) for name in ("text", "image")}
-    try:
-        vocab = path / str(manifest["tokenizer"]["vocab"])
-        wanted_vocab = str(manifest["tokenizer"]["vocab_sha256"])
-        context_length = int(manifest["context_length"])
-    except (KeyError, TypeError, ValueError) as exc:
-        raise BundleError(f"{path}: the manifest's tokenizer entry is incomplete ({exc})") from exc
+    manifest = BundleManifest.read(path)
+    vocab = path / manifest.vocab.file
     if not vocab.is_file():
         raise BundleError(f"{path}: the vocabulary {vocab.name} is missing")
-    tokenizer = ChineseTokenizer(vocab, context_length=context_length)
-    if tokenizer.vocab_sha256 != wanted_vocab:
+    tokenizer = ChineseTokenizer(vocab, context_length=manifest.context_length)
+    if tokenizer.vocab_sha256 != manifest.vocab.sha256:
         raise BundleError(
             f"{vocab}: not the vocabulary the model was exported with (sha256 differs)"
         )
     options = options or BackendOptions(backend=backend, threads=threads)
     gpu = options.backend in ("tensorrt", "onnxruntime-tensorrt")
     if gpu and not options.profiles:
-        try:
-            profiles = _profiles(manifest)
-        except (KeyError, TypeError, ValueError) as exc:
-            raise BundleError(f"{path}: the manifest's image entry is invalid ({exc})") from exc
-        options = dataclasses.replace(options, profiles=profiles)
-    files = _tower_files(path, manifest, towers, options)
+        options = dataclasses.replace(options, profiles=_profiles(manifest))
+    files = _tower_files(path, manifest, options)
     sessions = {
         name: open_session(
             files[name], tower.input, tower.output, options, options.profiles.get(name)
         )
-        for name, tower in towers.items()
+        for name, tower in manifest.towers.items()
     }
     try:
         return Bundle(path, manifest, sessions["text"], sessions["image"], tokenizer)
-    except (KeyError, TypeError, ValueError, ConfigError) as exc:
+    except (ValueError, ConfigError) as exc:
         raise BundleError(f"{path}: the manifest's image entry is invalid ({exc})") from exc

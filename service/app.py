@@ -81,19 +81,21 @@ async def _start(app: FastAPI, settings: Settings, metrics: Metrics) -> Engine:
     cache = Cache(settings.cache, metrics)
     engine = Engine(settings, bundle, metrics, cache)
     metrics.model_info.labels(
-        bundle_sha256=bundle.sha256,
-        architecture=str(bundle.manifest.get("architecture", "")),
-        precision=str(bundle.manifest.get("precision", "")),
+        model_id=str(bundle.identity.model_id),
+        bundle_id=bundle.bundle_id,
+        architecture=bundle.manifest.architecture or "",
+        precision=bundle.manifest.precision,
         backend=settings.backend,
     ).set(1)
     if settings.index is not None:
-        holder = IndexHolder(settings.index, bundle.sha256, metrics)
+        holder = IndexHolder(settings.index, bundle.identity, metrics)
         await holder.open()
         engine.holder = holder
     engine.start()
     log.info(
-        "serving bundle %s (%s) with index %s, cache %s",
-        bundle.sha256[:12],
+        "serving bundle %s of model %s (%s) with index %s, cache %s",
+        bundle.bundle_id[:12],
+        str(bundle.identity.model_id)[:12],
         settings.backend,
         engine.holder.served.version if engine.holder and engine.holder.served else "none",
         cache.describe,

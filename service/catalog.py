@@ -18,10 +18,10 @@ import numpy.typing as npt
 import index as index_pkg
 from index.build import Corpus
 from index.search import CatalogIndex
-from index.shards import SHARDS, ShardedIndex, add_sharded, remove_sharded
-from index.update import add_items, remove_items
+from index.shards import SHARDS, ShardedIndex
 from index.versions import CURRENT, IndexVersionError, current_name
 from runtime.errors import ConfigError, DataError
+from runtime.identity import ModelMismatchError, ModelRef, check_serves
 from service.errors import ApiError
 from service.metrics import Metrics
 
@@ -45,8 +45,8 @@ class Served:
     @property
     def factory(self) -> str:
         if isinstance(self.index, CatalogIndex):
-            return str(self.index.manifest.get("factory", ""))
-        return str(self.index.shards[0].manifest.get("factory", ""))
+            return self.index.manifest.factory
+        return self.index.shards[0].manifest.factory
 
     @property
     def deleted(self) -> int:
@@ -65,16 +65,12 @@ def _marker(path: Path) -> str:
     return name if name is not None else str(path)
 
 
-def _load(path: Path, bundle_sha256: str) -> Served:
+def _load(path: Path, bundle: ModelRef) -> Served:
     loaded = index_pkg.load(path)
     try:
-        built_with = loaded.bundle_sha256
-        if built_with != bundle_sha256:
-            raise ConfigError(
-                f"{path}: the index was built with bundle {str(built_with)[:12]}, the service "
-                f"loads bundle {bundle_sha256[:12]}; embeddings of different models cannot be "
-                "compared: rebuild the index with this bundle (cnclip index build --bundle)"
-            )
+        note = check_serves(loaded.model, bundle, path)
+        if note:
+            log.info(note)
         if isinstance(loaded, CatalogIndex):
             version, keys = loaded.directory.name, loaded.store.attribute_keys()
         else:
@@ -100,9 +96,9 @@ def _exclusive(root: Path) -> Iterator[None]:
 class IndexHolder:
     """``holder.served`` is the version in use; ``refresh()`` switches when CURRENT moves."""
 
-    def __init__(self, path: Path, bundle_sha256: str, metrics: Metrics) -> None:
+    def __init__(self, path: Path, bundle: ModelRef, metrics: Metrics) -> None:
         self.path = path
-        self.bundle_sha256 = bundle_sha256
+        self.bundle = bundle
         self._metrics = metrics
         self._marker = ""
         self.served: Served | None = None
@@ -113,9 +109,10 @@ class IndexHolder:
         return (self.path / CURRENT).is_file() or (self.path / SHARDS).is_file()
 
     async def open(self) -> None:
-        """Load the current version (raises ConfigError / IndexVersionError on failure)."""
+        """Load the current version (raises ModelMismatchError / IndexVersionError on
+        failure)."""
         marker = await asyncio.to_thread(_marker, self.path)
-        served = await asyncio.to_thread(_load, self.path, self.bundle_sha256)
+        served = await asyncio.to_thread(_load, self.path, self.bundle)
         self._install(served, marker)
 
     def _install(self, served: Served, marker: str) -> None:
@@ -143,8 +140,8 @@ class IndexHolder:
             if marker == self._marker:
                 return False
             try:
-                served = await asyncio.to_thread(_load, self.path, self.bundle_sha256)
-            except (ConfigError, IndexVersionError, DataError, OSError) as exc:
+                served = await asyncio.to_thread(_load, self.path, self.bundle)
+            except (ConfigError, IndexVersionError, ModelMismatchError, DataError, OSError) as exc:
                 log.error("not switching to %s: %s", marker, exc)
                 self._marker = marker  # do not retry until CURRENT moves again
                 return False
@@ -174,10 +171,7 @@ class IndexHolder:
 
         def change() -> None:
             with _exclusive(root):
-                if (root / SHARDS).is_file():
-                    add_sharded(root, corpus, bundle_sha256=self.bundle_sha256, progress=False)
-                else:
-                    add_items(root, corpus, bundle_sha256=self.bundle_sha256, progress=False)
+                index_pkg.add(root, corpus, model=self.bundle, progress=False)
 
         await asyncio.to_thread(change)
         await self.refresh()
@@ -189,10 +183,7 @@ class IndexHolder:
 
         def change() -> None:
             with _exclusive(root):
-                if (root / SHARDS).is_file():
-                    remove_sharded(root, list(ids))
-                else:
-                    remove_items(root, list(ids))
+                index_pkg.remove(root, list(ids))
 
         await asyncio.to_thread(change)
         await self.refresh()

@@ -118,7 +118,7 @@ class Engine:
     ) -> tuple[Rows, bool]:
         """One text's embedding ``[d]`` and whether it was cut to 50 word pieces."""
         norm = self._check_query(text, what)
-        key = cache_key("text", self.bundle.sha256, norm)
+        key = cache_key("text", self.bundle.bundle_id, norm)
         hit = await self.cache.get("text", key)
         if hit is not None:
             return np.frombuffer(hit, dtype=np.float32, offset=1), hit[0] == 1
@@ -260,7 +260,7 @@ class Engine:
         norm = self._check_query(request.query)
         key = cache_key(
             "search",
-            self.bundle.sha256,
+            self.bundle.bundle_id,
             served.version,
             norm,
             request.top_k,
@@ -289,7 +289,7 @@ class Engine:
 
     async def label_embeddings(self, labels: list[str], templates: list[str]) -> Rows:
         """``[labels, d]``: each label's template embeddings averaged (prompt ensembling)."""
-        key = cache_key("labels", self.bundle.sha256, labels, templates)
+        key = cache_key("labels", self.bundle.bundle_id, labels, templates)
         hit = await self.cache.get("labels", key)
         if hit is not None:
             return np.frombuffer(hit, dtype=np.float32).reshape(len(labels), -1)

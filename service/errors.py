@@ -15,6 +15,7 @@ from starlette.responses import Response
 
 from index.versions import IndexVersionError
 from runtime.errors import ConfigError, DataError, ImageTooLargeError, InvalidImageError
+from runtime.identity import ModelMismatchError
 
 log = logging.getLogger("cnclip.service")
 
@@ -144,6 +145,7 @@ def install_handlers(app: FastAPI) -> None:
     app.add_exception_handler(InvalidImageError, invalid_image)
     app.add_exception_handler(DataError, data_error)
     app.add_exception_handler(IndexVersionError, config_error)
+    app.add_exception_handler(ModelMismatchError, config_error)
     app.add_exception_handler(ConfigError, config_error)
     app.add_exception_handler(RequestValidationError, validation)
     app.add_exception_handler(StarletteHTTPException, http_error)

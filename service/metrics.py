@@ -137,7 +137,7 @@ class Metrics:
         self.model_info = Gauge(
             "cnclip_model_info",
             "The loaded bundle (value 1).",
-            ["bundle_sha256", "architecture", "precision", "backend"],
+            ["model_id", "bundle_id", "architecture", "precision", "backend"],
             registry=r,
             multiprocess_mode="mostrecent",
         )

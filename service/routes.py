@@ -179,7 +179,8 @@ def _embeddings(engine: Any, rows: list[list[float]], truncated: list[int]) -> R
     body = {
         "embeddings": rows,
         "dim": engine.bundle.embed_dim,
-        "bundle_sha256": engine.bundle.sha256,
+        "model_id": engine.bundle.identity.model_id,
+        "bundle_id": engine.bundle.bundle_id,
         "truncated": truncated,
     }
     return Response(dumps(body), media_type=JSON)
@@ -200,7 +201,8 @@ async def catalog_info(engine: EngineDep) -> CatalogInfo:
         count=served.index.count,
         deleted=served.deleted,
         factory=served.factory,
-        bundle_sha256=served.index.bundle_sha256,
+        model_id=served.index.model.model_id,
+        bundle_id=served.index.model.bundle_id or served.index.model.bundle_sha256,
         texts=None if texts is None else texts.count,
     )
 
@@ -250,7 +252,12 @@ async def readyz(request: Request) -> Status:
         if engine.holder.served is None:
             raise NotReadyError("the index is still loading")
         version = engine.holder.served.version
-    return Status(status="ready", bundle_sha256=engine.bundle.sha256, index_version=version)
+    return Status(
+        status="ready",
+        model_id=engine.bundle.identity.model_id,
+        bundle_id=engine.bundle.bundle_id,
+        index_version=version,
+    )
 
 
 @system.get("/metrics", summary="Prometheus metrics", response_class=Response)

@@ -171,7 +171,10 @@ class EmbedImageRequest(BaseModel):
 class EmbedResponse(BaseModel):
     embeddings: list[list[float]] = Field(..., description="L2-normalized rows.")
     dim: int
-    bundle_sha256: str
+    model_id: str | None = Field(
+        ..., description="The embedding space: vectors of equal model ids compare."
+    )
+    bundle_id: str = Field(..., description="The bundle that computed them.")
     truncated: list[int] = Field(
         default_factory=list, description="Indices of texts cut to 50 word pieces."
     )
@@ -205,7 +208,8 @@ class CatalogInfo(BaseModel):
     count: int = Field(..., description="Live items.")
     deleted: int
     factory: str
-    bundle_sha256: str | None
+    model_id: str | None = Field(..., description="The model whose vectors the index holds.")
+    bundle_id: str | None = Field(..., description="The bundle that built it.")
     texts: int | None = Field(None, description="Items of the text corpus, when there is one.")
 
 
@@ -217,5 +221,6 @@ class CatalogChange(BaseModel):
 
 class Status(BaseModel):
     status: str
-    bundle_sha256: str | None = None
+    model_id: str | None = None
+    bundle_id: str | None = None
     index_version: str | None = None

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from cnclip.cli import main
+from runtime.identity import ModelRef
 from tests.evaluation.conftest import cifar_images
 
 
@@ -134,10 +135,14 @@ def test_an_index_of_another_bundle_is_refused_before_any_work(
     vectors = np.eye(8, 32, dtype=np.float32)
     corpus = Corpus(vectors, [str(i) for i in range(8)], [{} for _ in range(8)])
     version = build_version(
-        tmp_path / "idx", corpus, bundle_sha256="0" * 64, factory="Flat", progress=False
+        tmp_path / "idx",
+        corpus,
+        model=ModelRef(model_id="0" * 64, bundle_id="1" * 64),
+        factory="Flat",
+        progress=False,
     )
     args = ["eval", "retrieval", "--model", str(tiny_bundle), "--index", str(version)]
     args += ["--data", str(data_dir / "muge-sample"), "--out", str(tmp_path / "o")]
     assert main([*args, "--no-progress"]) == 2
-    assert "the index was built with bundle 000000000000" in capsys.readouterr().err
+    assert "built with model 000000000000" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()

@@ -182,7 +182,7 @@ def test_text_to_image_through_an_index(tiny_bundle: Path, mixed: Path, tmp_path
     vectors = bundle.encode_images([data.read(i) for i in range(len(data.image_ids))])
     corpus = Corpus(vectors, list(data.image_ids), [{} for _ in data.image_ids])
     version = build_version(
-        tmp_path / "idx", corpus, bundle_sha256=bundle.sha256, factory="Flat", progress=False
+        tmp_path / "idx", corpus, model=bundle.identity, factory="Flat", progress=False
     )
     searched = evaluate_retrieval(
         model, data, directions=["t2i"], index=index.load(version), progress=False

@@ -194,8 +194,8 @@ def test_export_without_sample_data_verifies_on_the_built_in_set(tmp_path: Path)
     assert longest >= 50  # every length up to 52 tokens gets checked
     torch.manual_seed(0)
     manifest = export_bundle(build_model(tiny_config("resnet")), tmp_path / "b", precision="int8")
-    assert manifest["parity"]["verified_on"] == "built-in sentences and drawings"
-    assert manifest["parity"]["texts"] >= 50 and manifest["parity"]["images"] == 12
+    assert manifest.parity["verified_on"] == "built-in sentences and drawings"
+    assert manifest.parity["texts"] >= 50 and manifest.parity["images"] == 12
     assert load_bundle(tmp_path / "b").encode_texts(["白色陶瓷马克杯"]).shape == (1, 32)
 
 
@@ -357,8 +357,9 @@ def test_graphs_past_2gb_keep_their_weights_in_one_checked_file(
     manifest = export_bundle(build_model(tiny_config("vit")), tmp_path / "b", verify_data=data_dir)
     names = sorted(p.name for p in (tmp_path / "b").iterdir())
     assert names == ["image.onnx", "manifest.json", "text.onnx", "text.onnx.data", "vocab.txt"]
-    assert manifest["towers"]["text"]["external_data"]["file"] == "text.onnx.data"
-    assert manifest["parity"]["text_min_cosine"] >= 0.9999
+    external = manifest.towers["text"].external_data
+    assert external is not None and external.file == "text.onnx.data"
+    assert manifest.parity["text_min_cosine"] >= 0.9999
     assert load_bundle(tmp_path / "b").encode_texts(["红色的杯子"]).shape == (1, 32)
     with (tmp_path / "b" / "text.onnx.data").open("r+b") as handle:
         handle.seek(100)

@@ -57,8 +57,8 @@ class CountingEncoder:
         self.config = config or bundle.preprocess_config
 
     @property
-    def sha256(self) -> str:
-        return self.bundle.sha256
+    def bundle_id(self) -> str:
+        return self.bundle.bundle_id
 
     @property
     def embed_dim(self) -> int:
@@ -290,10 +290,10 @@ def test_work_dir_of_another_bundle_is_refused(
     other_dir = tmp_path / "other-bundle"
     shutil.copytree(bundle_dir, other_dir)
     manifest = json.loads((other_dir / "manifest.json").read_text("utf-8"))
-    manifest["note"] = "another export"
+    manifest["source"] = {"checkpoint": "another.pt", "sha256": None}
     (other_dir / "manifest.json").write_text(json.dumps(manifest), encoding="utf-8")
     other = load_bundle(other_dir)
-    assert other.sha256 != bundle.sha256
+    assert other.bundle_id != bundle.bundle_id
     with pytest.raises(DataError, match="another model bundle"):
         run(other, catalog, work)
 

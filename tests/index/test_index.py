@@ -20,6 +20,7 @@ from index.synthetic import clip_like_split
 from index.update import add_items, compact, remove_items
 from index.versions import IndexVersionError, current_name, versions
 from runtime.errors import ConfigError, DataError
+from runtime.identity import ModelMismatchError, ModelRef
 
 DIM = 64
 CATEGORIES = ["鞋", "包", "裙", "帽"]
@@ -56,7 +57,7 @@ def _recall_at_10(found_rows: np.ndarray, base: np.ndarray, queries: np.ndarray)
 def exact(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Corpus, np.ndarray]:
     corpus, queries = _corpus(3000)
     root = tmp_path_factory.mktemp("exact") / "shop"
-    build_version(root, corpus, bundle_sha256="a" * 64, progress=False)
+    build_version(root, corpus, model=ModelRef(bundle_sha256="a" * 64), progress=False)
     return root, corpus, queries
 
 
@@ -65,7 +66,7 @@ def test_small_catalogs_get_exact_search(exact: tuple[Path, Corpus, np.ndarray])
     assert versions(root) == ["v0001"] and current_name(root) == "v0001"
     manifest = json.loads((root / "v0001" / "manifest.json").read_text(encoding="utf-8"))
     assert manifest["factory"] == "IDMap2,Flat" and manifest["count"] == 3000
-    assert manifest["bundle_sha256"] == "a" * 64 and manifest["choice"]["reasons"]
+    assert manifest["model"]["bundle_sha256"] == "a" * 64 and manifest["choice"]["reasons"]
     catalog = load(root)
     result = catalog.search(queries, 10, with_metadata=True)
     _, truth = exact_search(corpus.vectors, queries, 10)
@@ -104,9 +105,7 @@ def test_every_index_type_reaches_its_recall(
     tmp_path: Path, factory: str, tolerance: float
 ) -> None:
     corpus, queries = _corpus(8000, seed=1)
-    version = build_version(
-        tmp_path / "i", corpus, bundle_sha256=None, factory=factory, progress=False
-    )
+    version = build_version(tmp_path / "i", corpus, factory=factory, progress=False)
     manifest = json.loads((version / "manifest.json").read_text(encoding="utf-8"))
     chosen = manifest["recall"]["chosen"]
     assert manifest["factory"] == factory and manifest["search"]
@@ -141,9 +140,7 @@ def test_a_filtered_ivf_search_widens_until_it_has_k(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     corpus, queries = _corpus(8000, seed=2)
-    version = build_version(
-        tmp_path / "i", corpus, bundle_sha256=None, factory="IVF64,PQ8x8np", progress=False
-    )
+    version = build_version(tmp_path / "i", corpus, factory="IVF64,PQ8x8np", progress=False)
     monkeypatch.setattr(search_module, "EXACT_SUBSET_MAX", 0)  # force the FAISS path
     catalog = load(version)
     result = catalog.search(queries[:20], 10, nprobe=1, filter={"category": "稀有"})
@@ -155,17 +152,22 @@ def test_a_filtered_ivf_search_widens_until_it_has_k(
 def test_add_remove_and_compact_write_new_versions(tmp_path: Path) -> None:
     corpus, queries = _corpus(3000)
     root = tmp_path / "shop"
-    build_version(root, corpus, bundle_sha256="a" * 64, progress=False)
+    build_version(root, corpus, model=ModelRef(bundle_sha256="a" * 64), progress=False)
     extra, _ = _corpus(500, seed=5, offset=3000)
-    v2 = add_items(root, extra, bundle_sha256="a" * 64, progress=False)
+    v2 = add_items(root, extra, model=ModelRef(bundle_sha256="a" * 64), progress=False)
     assert v2.name == "v0002" and current_name(root) == "v0002"
     assert load(root / "v0001").count == 3000 and load(root).count == 3500
     found = load(root).search(extra.vectors[:5], 1)
     assert [ids[0] for ids in found.ids] == extra.ids[:5]
     with pytest.raises(DataError, match="already in the index"):
-        add_items(root, extra, bundle_sha256="a" * 64, progress=False)
-    with pytest.raises(IndexVersionError, match="another model bundle"):
-        add_items(root, _corpus(10, offset=9000)[0], bundle_sha256="b" * 64, progress=False)
+        add_items(root, extra, model=ModelRef(bundle_sha256="a" * 64), progress=False)
+    with pytest.raises(ModelMismatchError, match="built with bundle aaaaaaaaaaaa"):
+        add_items(
+            root,
+            _corpus(10, offset=9000)[0],
+            model=ModelRef(bundle_sha256="b" * 64),
+            progress=False,
+        )
 
     gone = corpus.ids[:15] + extra.ids[:100]  # the whole rare category among them
     v3 = remove_items(root, gone)
@@ -196,9 +198,7 @@ def test_adding_to_an_ivf_refine_index_keeps_rows_and_ids_aligned(tmp_path: Path
     corpus = Corpus(whole.vectors[:6000], whole.ids[:6000], whole.items[:6000])  # type: ignore[index]
     extra = Corpus(whole.vectors[6000:], whole.ids[6000:], whole.items[6000:])  # type: ignore[index]
     root = tmp_path / "shop"
-    build_version(
-        root, corpus, bundle_sha256=None, factory="IVF32,PQ8x8np,Refine(SQ8)", progress=False
-    )
+    build_version(root, corpus, factory="IVF32,PQ8x8np,Refine(SQ8)", progress=False)
     add_items(root, extra, progress=False)
     result = load(root).search(extra.vectors[:20], 1)
     assert [ids[0] for ids in result.ids] == list(extra.ids[:20])
@@ -209,14 +209,14 @@ def test_a_crash_leaves_the_current_version_whole(
 ) -> None:
     corpus, queries = _corpus(1000)
     root = tmp_path / "shop"
-    build_version(root, corpus, bundle_sha256=None, progress=False)
+    build_version(root, corpus, progress=False)
 
     def crash(*args: object) -> None:
         raise OSError("disk full")
 
     monkeypatch.setattr(build_module.faiss, "write_index", crash)
     with pytest.raises(OSError, match="disk full"):
-        build_version(root, corpus, bundle_sha256=None, progress=False)
+        build_version(root, corpus, progress=False)
     monkeypatch.undo()
     assert sorted(p.name for p in root.iterdir()) == ["CURRENT", "v0001"]
     assert load(root).search(queries[:1], 3).ids[0]
@@ -291,7 +291,7 @@ def test_a_text_corpus_gets_its_own_index(tmp_path: Path) -> None:
     texts = Corpus(
         texts_base, [f"t{i}" for i in range(300)], [{"title": f"标题{i}"} for i in range(300)]
     )
-    version = build_version(tmp_path / "i", corpus, bundle_sha256=None, texts=texts, progress=False)
+    version = build_version(tmp_path / "i", corpus, texts=texts, progress=False)
     catalog = load(version)
     assert catalog.texts is not None and catalog.texts.count == 300
     hit = catalog.texts.search(texts_base[7:8], 1, with_metadata=True)
@@ -337,7 +337,7 @@ def test_cli_build_eval_remove_switch(tmp_path: Path, capsys: pytest.CaptureFixt
         == 0
     )
     catalog = load(out)
-    assert catalog.manifest["factory"].startswith("OPQ") and catalog.count == 1500
+    assert catalog.manifest.factory.startswith("OPQ") and catalog.count == 1500
     assert main(["index", "eval", str(out), "-q"]) == 0
     assert json.loads((out / "v0001" / "eval.json").read_text(encoding="utf-8"))["points"]
     assert main(["index", "remove", str(out), "--id", "sku-1", "--id", "sku-2", "-q"]) == 0
@@ -360,9 +360,7 @@ def test_cli_build_eval_remove_switch(tmp_path: Path, capsys: pytest.CaptureFixt
 def test_a_faiss_factory_it_cannot_build_is_a_clear_error(tmp_path: Path) -> None:
     corpus, _ = _corpus(500)
     with pytest.raises(ConfigError, match="cannot build factory"):
-        build_version(
-            tmp_path / "i", corpus, bundle_sha256=None, factory="NotAnIndex", progress=False
-        )
+        build_version(tmp_path / "i", corpus, factory="NotAnIndex", progress=False)
     assert not any(p.name.startswith("v") for p in (tmp_path / "i").iterdir())
 
 
@@ -376,3 +374,26 @@ def test_gpu_search_is_refused_clearly_without_faiss_gpu(
     with pytest.raises(ConfigError, match="no GPU search here"):
         load(exact[0], gpu=True)
     assert load(exact[0], gpu=None).gpu_index is None
+
+
+def test_a_format_one_version_still_loads_and_is_served_by_its_bundle(tmp_path: Path) -> None:
+    import index as index_pkg
+    from runtime.identity import check_serves
+
+    corpus, queries = _corpus(300)
+    root = tmp_path / "old"
+    version = build_version(root, corpus, model=ModelRef(bundle_sha256="c" * 64), progress=False)
+    manifest = json.loads((version / "manifest.json").read_text(encoding="utf-8"))
+    manifest["format_version"] = 1
+    manifest["bundle_sha256"] = manifest.pop("model")["bundle_sha256"]
+    (version / "manifest.json").write_text(json.dumps(manifest), encoding="utf-8")
+    catalog = load(root)
+    assert catalog.model == ModelRef(bundle_sha256="c" * 64) == index_pkg.index_model(root)
+    assert catalog.search(queries[:2], 3).ids[0]
+    assert check_serves(catalog.model, ModelRef(bundle_sha256="c" * 64, model_id="m"), root) is None
+    with pytest.raises(ModelMismatchError, match="predates model ids"):
+        check_serves(catalog.model, ModelRef(bundle_sha256="d" * 64, model_id="m"), root)
+    # A change writes the current format, keeping what the old version recorded.
+    add_items(root, _corpus(5, offset=9000)[0], progress=False)
+    assert json.loads((root / "v0002" / "manifest.json").read_text("utf-8"))["format_version"] == 2
+    assert load(root).model == catalog.model

@@ -13,6 +13,7 @@ from index.evaluate import exact_search
 from index.shards import ShardedIndex, add_sharded, build_sharded, remove_sharded, shard_of
 from index.synthetic import clip_like_split
 from runtime.errors import DataError
+from runtime.identity import ModelRef
 
 
 def _corpus(n: int) -> tuple[Corpus, np.ndarray]:
@@ -24,7 +25,7 @@ def _corpus(n: int) -> tuple[Corpus, np.ndarray]:
 
 def test_shards_answer_like_one_exact_index(tmp_path: Path) -> None:
     corpus, queries = _corpus(3000)
-    build_sharded(tmp_path / "s", corpus, 3, bundle_sha256="a" * 64, progress=False)
+    build_sharded(tmp_path / "s", corpus, 3, model=ModelRef(bundle_sha256="a" * 64), progress=False)
     sharded = index.load(tmp_path / "s")
     assert isinstance(sharded, ShardedIndex) and sharded.count == 3000
     sizes = [s.count for s in sharded.shards]
@@ -42,7 +43,7 @@ def test_shards_answer_like_one_exact_index(tmp_path: Path) -> None:
     shoes = sharded.search(queries[:5], 20, filter={"category": "鞋"}, with_metadata=True)
     assert shoes.items is not None
     assert all(len(row) == 20 and {m["category"] for m in row} == {"鞋"} for row in shoes.items)
-    single = build_version(tmp_path / "one", corpus, bundle_sha256=None, progress=False)
+    single = build_version(tmp_path / "one", corpus, progress=False)
     assert index.load(single).search(queries, 10).ids == result.ids
     sharded.close()
 
@@ -50,7 +51,7 @@ def test_shards_answer_like_one_exact_index(tmp_path: Path) -> None:
 def test_adds_and_removals_are_routed_and_checked_first(tmp_path: Path) -> None:
     corpus, queries = _corpus(2000)
     root = tmp_path / "s"
-    build_sharded(root, corpus, 2, bundle_sha256=None, progress=False)
+    build_sharded(root, corpus, 2, progress=False)
     extra = Corpus(queries[:10], [f"new-{i}" for i in range(10)], [{"category": "帽"}] * 10)
     add_sharded(root, extra, progress=False)
     assert index.load(root).search(queries[:10], 1).ids == [[f"new-{i}"] for i in range(10)]
@@ -65,7 +66,7 @@ def test_adds_and_removals_are_routed_and_checked_first(tmp_path: Path) -> None:
     assert not {"new-1", "new-2"} & {i for row in found.ids for i in row}
     assert index.load(root).count == 2008
     with pytest.raises(DataError, match="empty"):
-        build_sharded(tmp_path / "t", Corpus(queries[:2], ["a", "b"]), 8, bundle_sha256=None)
+        build_sharded(tmp_path / "t", Corpus(queries[:2], ["a", "b"]), 8)
 
 
 def test_cli_builds_lists_evaluates_and_changes_shards(
@@ -98,3 +99,18 @@ def test_cli_builds_lists_evaluates_and_changes_shards(
     assert main(["index", "remove", str(out), "--id", "sku-5", "-q"]) == 0
     assert index.load(out).count == 1199
     assert main(["index", "remove", str(out), "--id", "nope", "-q"]) == 2
+
+
+def test_a_shard_set_written_before_format_fields_still_loads(tmp_path: Path) -> None:
+    corpus, _ = _corpus(600)
+    model = ModelRef(model_id="a" * 64, bundle_id="b" * 64)
+    build_sharded(tmp_path / "s", corpus, 2, model=model, progress=False)
+    (tmp_path / "s" / "shards.json").write_text(
+        '{"shards": 2, "hash": "crc32(id) % shards"}\n', encoding="utf-8"
+    )
+    sharded = index.load(tmp_path / "s")
+    assert isinstance(sharded, ShardedIndex) and sharded.count == 600
+    assert sharded.model == model == index.index_model(tmp_path / "s")
+    sharded.close()
+    with pytest.raises(DataError, match="already in the index"):
+        index.add(tmp_path / "s", Corpus(corpus.vectors[:2], corpus.ids[:2]), model=model)

@@ -74,7 +74,7 @@ def index_template(bundle: Bundle, tmp_path_factory: pytest.TempPathFactory) -> 
     build_version(
         root,
         Corpus(vectors, ids, items),
-        bundle_sha256=bundle.sha256,
+        model=bundle.identity,
         texts=text_corpus,
         progress=False,
     )

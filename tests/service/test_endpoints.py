@@ -127,7 +127,8 @@ def test_embed_text_and_images_match_the_bundle(client: httpx.Client, bundle: Bu
     r = client.post("/v1/embed/text", json={"texts": texts})
     assert r.status_code == 200, r.text
     assert np.allclose(r.json()["embeddings"], bundle.encode_texts(texts), atol=1e-5)
-    assert r.json()["dim"] == bundle.embed_dim and r.json()["bundle_sha256"] == bundle.sha256
+    assert r.json()["dim"] == bundle.embed_dim and r.json()["bundle_id"] == bundle.bundle_id
+    assert r.json()["model_id"] == bundle.identity.model_id is not None
     r = client.post(
         "/v1/embed/image",
         files=[("images", ("a.jpg", photo_bytes(0))), ("images", ("b.jpg", photo_bytes(1)))],
@@ -146,11 +147,13 @@ def test_long_queries_are_cut_and_reported(client: httpx.Client) -> None:
 def test_health_ready_catalog_and_metrics(client: httpx.Client, bundle: Bundle) -> None:
     assert client.get("/healthz").json() == {
         "status": "ok",
-        "bundle_sha256": None,
+        "model_id": None,
+        "bundle_id": None,
         "index_version": None,
     }
     ready = client.get("/readyz").json()
-    assert ready["bundle_sha256"] == bundle.sha256 and ready["index_version"] == "v0001"
+    assert ready["bundle_id"] == bundle.bundle_id and ready["index_version"] == "v0001"
+    assert ready["model_id"] == bundle.identity.model_id
     info = client.get("/v1/catalog").json()
     assert info["count"] == len(photos()) and info["texts"] == len(queries())
     client.post("/v1/search/text", json={"query": "猫"})
@@ -163,7 +166,7 @@ def test_health_ready_catalog_and_metrics(client: httpx.Client, bundle: Bundle) 
         'cnclip_search_duration_seconds_count{target="images"}',
         'cnclip_cache_requests_total{kind="search",result="miss"}',
         f'cnclip_index_items{{target="images"}} {len(photos())}.0',
-        f'cnclip_model_info{{architecture="{bundle.manifest["architecture"]}"',
+        f'cnclip_model_info{{architecture="{bundle.manifest.architecture or ""}"',
         'cnclip_index_info{factory="IDMap2,Flat",version="v0001"} 1.0',
         "cnclip_queue_depth",
         "cnclip_queue_wait_seconds",

@@ -19,6 +19,7 @@ from index.build import Corpus, build_version
 from index.update import remove_items
 from runtime.bundle import Bundle
 from runtime.errors import ConfigError
+from runtime.identity import ModelMismatchError, ModelRef
 from service.app import create_app
 from tests.service.conftest import REDIS_URL, make_settings, photo_bytes, photos, running
 
@@ -256,21 +257,20 @@ def test_an_index_of_another_bundle_is_refused(
 ) -> None:
     vectors = bundle.encode_images(photos()[:3])
     other = tmp_path / "other"
-    build_version(other, Corpus(vectors, ["a", "b", "c"]), bundle_sha256="0" * 64, progress=False)
+    another = ModelRef(model_id="0" * 64, bundle_id="1" * 64, precision="fp32")
+    build_version(other, Corpus(vectors, ["a", "b", "c"]), model=another, progress=False)
     app = create_app(make_settings(bundle_dir, other))
 
     async def start() -> None:
         async with app.router.lifespan_context(app):
             pass
 
-    with pytest.raises(ConfigError, match="built with bundle"):
+    with pytest.raises(ModelMismatchError, match="built with model 000000000000"):
         asyncio.run(start())
     # while serving, a foreign version written to the root is not switched to
     settings = make_settings(bundle_dir, index_root, index_poll_s=0.1)
     with running(settings) as url:
-        build_version(
-            index_root, Corpus(vectors, ["a", "b", "c"]), bundle_sha256="0" * 64, progress=False
-        )
+        build_version(index_root, Corpus(vectors, ["a", "b", "c"]), model=another, progress=False)
         time.sleep(0.6)
         assert httpx.get(url + "/readyz").json()["index_version"] == "v0001"
         assert httpx.post(url + "/v1/search/text", json={"query": "猫"}).status_code == 200

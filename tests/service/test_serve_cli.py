@@ -15,6 +15,7 @@ import pytest
 from cnclip.cli import main
 from index.build import Corpus, build_version
 from runtime.bundle import Bundle
+from runtime.identity import ModelRef
 from tests.service.conftest import free_port, photos
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -37,9 +38,11 @@ def test_mistakes_are_reported_before_serving(
     assert "not a model bundle" in capsys.readouterr().err
     other = tmp_path / "other"
     vectors = bundle.encode_images(photos()[:2])
-    build_version(other, Corpus(vectors, ["a", "b"]), bundle_sha256="f" * 64, progress=False)
+    another = ModelRef(model_id="f" * 64, bundle_id="e" * 64)
+    build_version(other, Corpus(vectors, ["a", "b"]), model=another, progress=False)
     assert main(["serve", "--bundle", str(bundle_dir), "--index", str(other)]) == 2
-    assert "rebuild it with this bundle" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "rebuild the index with this one" in err and len(err.strip().splitlines()) == 1
     assert main(["serve", "--bundle", str(bundle_dir), "--workers", "0"]) == 2
     assert "workers" in capsys.readouterr().err
 
