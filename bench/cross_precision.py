@@ -67,7 +67,7 @@ def checkpoint(run: Path) -> Path:
 
 def export(ckpt: Path, work: Path, reuse: bool) -> dict[str, Path]:
     from export.bundle import export_bundle
-    from trainer.checkpoints import load_checkpoint
+    from model.checkpoints import load_checkpoint
 
     model = load_checkpoint(ckpt).model
     out = {}
@@ -178,7 +178,7 @@ def main() -> int:
     for source, texts in queries().items():
         for precision in PRECISIONS:
             report = cross_precision(root, loaded[precision], reference=loaded["fp32"], texts=texts)
-            rows.append({"source": source, "bundle": precision, **report})
+            rows.append({**report, "source": source, "precision": precision})
             print(json.dumps(rows[-1], ensure_ascii=False)[:400], flush=True)
     lines = [
         "# int8 and fp16 queries against an index built with the fp32 bundle "
@@ -208,7 +208,7 @@ def main() -> int:
 
         cos = row["query_cosine"]
         lines.append(
-            f"| {row['source']}, {row['queries']} | {row['bundle']} | {cos['min']:.5f} / "
+            f"| {row['source']}, {row['queries']} | {row['precision']} | {cos['min']:.5f} / "
             f"{cos['mean']:.5f} | {cell('ann')} | {cell('precision')} | {cell('total')} |"
         )
     lines += [

@@ -37,10 +37,10 @@ sys.path.insert(0, str(ROOT))
 from bench.inputs import DATA, photo_pixels, short_queries, timed  # noqa: E402
 from bench.machine import describe  # noqa: E402
 from export.bundle import export_bundle  # noqa: E402
+from model.configs import get_config  # noqa: E402
+from model.modeling import build_model  # noqa: E402
 from runtime.bundle import load_bundle  # noqa: E402
 from tests.hf_reference import to_hf_model  # noqa: E402
-from trainer.configs import get_config  # noqa: E402
-from trainer.model import build_model  # noqa: E402
 
 THREADS = 2
 

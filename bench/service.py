@@ -87,8 +87,8 @@ def prepare_bundle(work: Path) -> Path:
     import torch
 
     from export.bundle import export_bundle
-    from trainer.configs import get_config
-    from trainer.model import build_model
+    from model.configs import get_config
+    from model.modeling import build_model
 
     for leftover in work.glob(".bundle-partial-*"):
         shutil.rmtree(leftover, ignore_errors=True)  # an interrupted earlier export

@@ -11,15 +11,14 @@ import argparse
 import logging
 import os
 import sys
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from model.configs import ARCHITECTURES
 from runtime.errors import CnClipError
 from runtime.images import DEFAULT_MAX_PIXELS
 from runtime.sessions import BACKENDS
-from trainer.configs import ARCHITECTURES
 
 EMBED_EPILOG = """\
 examples:
@@ -59,48 +58,25 @@ def _write_npy_atomically(array: Any, out: Path) -> None:
     """Write to a temporary file beside ``out`` and rename, so a failure leaves no half file."""
     import numpy as np
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            np.save(handle, array)
-        os.replace(tmp, out)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    from runtime.files import atomic_path
+
+    with atomic_path(out) as tmp, tmp.open("wb") as handle:
+        np.save(handle, array)
 
 
 def _bundle_options(args: argparse.Namespace) -> Any:
     """--backend, --threads and --device as the bundle's backend options."""
+    from runtime.devices import parse_device
     from runtime.sessions import BackendOptions
 
     backend = args.backend or "onnxruntime"
-    device = 0
-    if args.device != "cpu":
-        if backend in ("onnxruntime", "torch-cpu"):
-            raise CnClipError(
-                f"--device {args.device} needs a GPU backend: --backend onnxruntime-cuda, "
-                "onnxruntime-tensorrt, tensorrt or torch-cuda"
-            )
-        kind, _, index = args.device.partition(":")
-        if kind != "cuda" or (index and not index.isdigit()):
-            raise CnClipError(f"--device must be cpu, cuda or cuda:N, not {args.device!r}")
-        device = int(index or 0)
-    return BackendOptions(backend=backend, threads=args.threads, device=device)
-
-
-def _embed_with_bundle(args: argparse.Namespace, texts: list[str] | None) -> Any:
-    """Embed through a model bundle's ONNX towers (no torch needed)."""
-    import numpy as np
-
-    from runtime.bundle import load_bundle
-
-    bundle = load_bundle(args.model, options=_bundle_options(args))
-    size = args.batch_size or (64 if texts is not None else 16)
-    items: list[Any] = list(texts) if texts is not None else list(args.images)
-    encode = bundle.encode_texts if texts is not None else bundle.encode_images
-    parts = [encode(items[i : i + size]) for i in range(0, len(items), size)]
-    return np.concatenate(parts), bundle.manifest.architecture or "custom"
+    device = parse_device(args.device)
+    if device.kind != "cpu" and backend in ("onnxruntime", "torch-cpu"):
+        raise CnClipError(
+            f"--device {args.device} needs a GPU backend: --backend onnxruntime-cuda, "
+            "onnxruntime-tensorrt, tensorrt or torch-cuda"
+        )
+    return BackendOptions(backend=backend, threads=args.threads, device=device.gpu)
 
 
 def _cmd_embed(args: argparse.Namespace) -> int:
@@ -119,27 +95,23 @@ def _cmd_embed(args: argparse.Namespace) -> int:
                 what = "is a directory" if Path(image).is_dir() else "no such file"
                 raise CnClipError(f"image {image}: {what}")
     count = len(texts) if texts is not None else len(args.images)
-    progress = not args.quiet and sys.stderr.isatty()
-    if (Path(args.model) / "manifest.json").is_file():
-        vectors, name = _embed_with_bundle(args, texts)
-        name += " bundle"
-    else:
-        if args.backend is not None or args.threads is not None:
-            raise CnClipError("--backend and --threads apply to model bundles, not checkpoints")
-        from trainer.embed import DEFAULT_IMAGE_BATCH, DEFAULT_TEXT_BATCH, Embedder
+    from evaluation.models import embed
+    from runtime.bundle_manifest import is_bundle
 
-        embedder = Embedder.from_checkpoint(
-            args.model, args.arch, device=args.device, max_pixels=args.max_pixels
-        )
-        name = embedder.model.config.name
-        if texts is not None:
-            vectors = embedder.embed_texts(
-                texts, batch_size=args.batch_size or DEFAULT_TEXT_BATCH, progress=progress
-            )
-        else:
-            vectors = embedder.embed_images(
-                args.images, batch_size=args.batch_size or DEFAULT_IMAGE_BATCH, progress=progress
-            )
+    bundle = is_bundle(args.model)
+    if not bundle and (args.backend is not None or args.threads is not None):
+        raise CnClipError("--backend and --threads apply to model bundles, not checkpoints")
+    vectors, name = embed(
+        args.model,
+        texts=texts,
+        images=None if texts is not None else args.images,
+        arch=args.arch,
+        device=args.device,
+        backend_options=_bundle_options(args) if bundle else None,
+        batch_size=args.batch_size,
+        max_pixels=args.max_pixels,
+        progress=not args.quiet,
+    )
     _write_npy_atomically(vectors, out)
     if not args.quiet:
         kind = "texts" if texts is not None else "images"
@@ -151,14 +123,14 @@ def _cmd_embed(args: argparse.Namespace) -> int:
 
 
 def _cmd_build_lmdb(args: argparse.Namespace) -> int:
-    from trainer.data.official import build_lmdb
+    from sources.official import build_lmdb
 
     summaries = build_lmdb(
         args.data_dir,
         args.splits,
         args.lmdb_dir,
         overwrite=args.overwrite,
-        progress=not args.quiet and sys.stderr.isatty(),
+        progress=not args.quiet,
     )
     if not args.quiet:
         for summary in summaries.values():
@@ -174,7 +146,7 @@ def _cmd_build_lmdb(args: argparse.Namespace) -> int:
 
 def _source_records(source: Any) -> Any:
     """Every readable record of a source, in order; unreadable ones are logged and skipped."""
-    from trainer.data.records import IndexedSource
+    from sources.records import IndexedSource
 
     if isinstance(source, IndexedSource):
         for index in range(len(source)):
@@ -188,9 +160,9 @@ def _source_records(source: Any) -> Any:
 
 
 def _cmd_to_wds(args: argparse.Namespace) -> int:
-    from trainer.data import open_source
-    from trainer.data.records import IndexedSource
-    from trainer.data.wds import write_wds
+    from sources import open_source
+    from sources.records import IndexedSource
+    from sources.wds import write_wds
 
     options: dict[str, Any] = {}
     if args.kind == "official":
@@ -206,7 +178,7 @@ def _cmd_to_wds(args: argparse.Namespace) -> int:
         args.out,
         samples_per_shard=args.samples_per_shard,
         total=total,
-        progress=not args.quiet and sys.stderr.isatty(),
+        progress=not args.quiet,
         overwrite=args.overwrite,
     )
     if not args.quiet:
@@ -220,7 +192,7 @@ def _cmd_to_wds(args: argparse.Namespace) -> int:
 
 def _cmd_export(args: argparse.Namespace) -> int:
     from export.bundle import export_bundle
-    from trainer.checkpoints import load_checkpoint
+    from model.checkpoints import load_checkpoint
 
     loaded = load_checkpoint(args.model, args.arch)
     manifest = export_bundle(

@@ -40,8 +40,8 @@ folder<TAB>name .tsv. OUT gets zeroshot.json and .md and, per model, confusion.p
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
+    from model.configs import ARCHITECTURES
     from runtime.sessions import BACKENDS
-    from trainer.configs import ARCHITECTURES
 
     parser.add_argument(
         "--model",
@@ -154,14 +154,10 @@ def _specs(args: argparse.Namespace, out: Path) -> list[Any]:
 
 
 def _backend_options(args: argparse.Namespace) -> Any:
+    from runtime.devices import parse_device
     from runtime.sessions import BackendOptions
 
-    device = 0
-    if args.device != "cpu":
-        kind, _, index = args.device.partition(":")
-        if kind != "cuda" or (index and not index.isdigit()):
-            raise CnClipError(f"--device must be cpu, cuda or cuda:N, not {args.device!r}")
-        device = int(index or 0)
+    device = parse_device(args.device).gpu
     return BackendOptions(backend=args.backend, threads=args.threads, device=device)
 
 
@@ -169,33 +165,26 @@ def _export(args: argparse.Namespace, out: Path) -> list[Path]:
     """Bundles of the first model at the --export precisions (written under OUT/bundles)."""
     if not args.export:
         return []
+    from export.bundle import PRECISIONS, export_precisions
+
     precisions = [p.strip() for p in args.export.split(",") if p.strip()]
-    unknown = [p for p in precisions if p not in ("fp32", "fp16", "int8")]
-    if unknown or not precisions:
+    if not precisions or not set(precisions) <= set(PRECISIONS):
         raise CnClipError(f"--export takes fp32, fp16 and int8, not {args.export!r}")
     source = Path(args.model[0])
     if not source.exists():
         raise CnClipError(f"{source}: no such model")
-    if (source / "manifest.json").is_file():
-        raise CnClipError("--export needs the first --model to be a checkpoint, not a bundle")
-    from export.bundle import export_bundle
-    from trainer.checkpoints import load_checkpoint
+    from runtime.bundle_manifest import is_bundle
 
-    loaded = load_checkpoint(source, args.arch)
-    written = []
-    for precision in dict.fromkeys(precisions):
-        target = out / "bundles" / f"{source.stem}-{precision}"
-        print(f"cnclip: exporting {source} to {precision} ({target}) ...", file=sys.stderr)
-        export_bundle(
-            loaded.model,
-            target,
-            precision=precision,
-            verify_data=os.environ.get("CNCLIP_DATA_DIR"),
-            source=source,
-            overwrite=True,
-        )
-        written.append(target)
-    return written
+    if is_bundle(source):
+        raise CnClipError("--export needs the first --model to be a checkpoint, not a bundle")
+    return export_precisions(
+        source,
+        precisions,
+        out / "bundles",
+        arch=args.arch,
+        verify_data=os.environ.get("CNCLIP_DATA_DIR"),
+        say=lambda line: print(f"cnclip: {line}", file=sys.stderr),
+    )
 
 
 def _options(args: argparse.Namespace) -> Any:

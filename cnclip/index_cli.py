@@ -24,7 +24,9 @@ examples:
   cnclip index info indexes/shop
 
 A catalog is jsonl, one item per line: {"id": str, "image": path-or-URL, "title": str,
-...attributes}; relative image paths are relative to the catalog's folder. A text
+...attributes}; relative image paths are relative to the catalog's folder; integer ids
+are taken as their decimal text; image URLs are fetched with the service's SSRF guard
+(--allow-private-urls for an internal image host). A text
 corpus (--text-corpus) is jsonl of {"id": str, "text": str, ...}.
 """
 
@@ -53,6 +55,7 @@ def _corpus(args: argparse.Namespace, work: Path) -> Any:
             batch_size=args.batch_size,
             workers=args.workers,
             progress=progress,
+            allow_private_urls=args.allow_private_urls,
         )
         if embedded.rejects:
             print(
@@ -243,8 +246,9 @@ def _cmd_switch(args: argparse.Namespace) -> int:
 def _cmd_info(args: argparse.Namespace) -> int:
     from index.shards import shard_roots
 
-    for root in shard_roots(args.dir):
-        if str(root) != args.dir:
+    roots = shard_roots(args.dir)
+    for root in roots:
+        if len(roots) > 1:
             print(f"{root.name}:")
         _info_one(root)
     return 0
@@ -278,6 +282,11 @@ def _source_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", type=int, help="ONNX Runtime threads (default: cores)")
     parser.add_argument(
         "--work-dir", help="where embedding shards are kept, so a restarted run resumes"
+    )
+    parser.add_argument(
+        "--allow-private-urls",
+        action="store_true",
+        help="fetch image URLs on private or loopback addresses too (an internal image host)",
     )
 
 

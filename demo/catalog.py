@@ -22,6 +22,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
+from runtime.files import write_atomically
+
 Colour = tuple[int, int, int]
 Draw = Callable[[ImageDraw.ImageDraw, float, Colour, Colour], None]
 
@@ -178,7 +180,5 @@ def write_catalog(
     order = rng.permutation(len(items))  # shuffled, so no reader sees one title in a row
     lines = "".join(json.dumps(items[i], ensure_ascii=False) + "\n" for i in order)
     jsonl = out / f"{name}.jsonl"
-    tmp = jsonl.with_suffix(".jsonl.tmp")
-    tmp.write_text(lines, encoding="utf-8")
-    os.replace(tmp, jsonl)
+    write_atomically(jsonl, lines.encode("utf-8"))
     return Catalog(jsonl, [items[i] for i in order])

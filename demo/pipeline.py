@@ -157,9 +157,9 @@ def build_demo(
     from export.bundle import export_bundle
     from index.build import Corpus, build_version, catalog_corpus
     from index.embed import embed_texts
+    from model.checkpoints import load_checkpoint
     from runtime.bundle import load_bundle
     from trainer import main as train_main
-    from trainer.checkpoints import load_checkpoint
 
     chosen = SCALES[scale]
     root = Path(work)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 import os
-import sys
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -32,9 +31,10 @@ IMAGE_BATCH = 32
 
 
 def progress_bar(total: int, desc: str, unit: str, enabled: bool | None) -> tqdm[Any]:
-    """A tqdm bar on a terminal (or when ``enabled`` is True); silent otherwise."""
-    show = sys.stderr.isatty() if enabled is None else enabled
-    return tqdm(total=total, desc=desc, unit=unit, disable=not show, dynamic_ncols=True)
+    """A tqdm bar: on a terminal when ``enabled`` is None, always when True, never when
+    False."""
+    disable = None if enabled is None else not enabled
+    return tqdm(total=total, desc=desc, unit=unit, disable=disable, dynamic_ncols=True)
 
 
 @dataclass

@@ -9,6 +9,7 @@ trainer, which imports torch only then.
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -16,6 +17,7 @@ from typing import Any, Protocol
 import numpy as np
 import numpy.typing as npt
 
+from runtime.bundle_manifest import is_bundle
 from runtime.errors import CnClipError
 from runtime.images import PreprocessConfig
 from runtime.retrieval import normalize
@@ -117,8 +119,8 @@ class CheckpointModel:
     def __init__(self, path: Path, label: str, arch: str | None, device: str) -> None:
         import torch
 
-        from trainer.checkpoints import load_checkpoint
-        from trainer.embed import resolve_device
+        from model.checkpoints import load_checkpoint
+        from model.embed import resolve_device
 
         self._torch = torch
         self.device = resolve_device(device)  # fail before reading gigabytes
@@ -163,10 +165,6 @@ class CheckpointModel:
         with self._torch.inference_mode():
             out = self.model.encode_image(self._torch.from_numpy(pixels).to(self.device))
         return normalize(out.float().cpu().numpy())
-
-
-def is_bundle(path: str | os.PathLike[str]) -> bool:
-    return (Path(path) / "manifest.json").is_file()
 
 
 def default_label(path: str | os.PathLike[str], precision: str | None = None) -> str:
@@ -214,3 +212,58 @@ def open_model(
             "(a Hugging Face checkpoint)"
         )
     return CheckpointModel(p, label or default_label(p), arch, device)
+
+
+def embed(
+    path: str | os.PathLike[str],
+    *,
+    texts: Sequence[str] | None = None,
+    images: Sequence[str | os.PathLike[str]] | None = None,
+    arch: str | None = None,
+    device: str = "cpu",
+    backend_options: Any | None = None,
+    batch_size: int | None = None,
+    max_pixels: int | None = None,
+    progress: bool = False,
+) -> tuple[FloatArray, str]:
+    """``cnclip embed``: the unit embeddings of ``texts`` or ``images`` by the bundle or
+    checkpoint at ``path``, and the model's name.
+
+    A bundle runs through :mod:`runtime` on ``backend_options`` (no torch); a checkpoint
+    through :class:`model.embed.Embedder` on ``device``. The first image that cannot be
+    read stops the run (InvalidImageError naming it).
+
+    Raises:
+        CnClipError: neither or both of ``texts`` and ``images``, a missing or unreadable
+            model, backend options given for a checkpoint, an unreadable image.
+    """
+    if (texts is None) == (images is None):
+        raise CnClipError("give either texts or images to embed")
+    path = Path(path)
+    if is_bundle(path):
+        from runtime.bundle import load_bundle
+
+        bundle = load_bundle(path, options=backend_options)
+        size = batch_size or (64 if texts is not None else 16)
+        items: list[Any] = list(texts if texts is not None else images or [])
+        encode: Any = bundle.encode_texts if texts is not None else bundle.encode_images
+        parts = [encode(items[i : i + size]) for i in range(0, len(items), size)]
+        vectors = np.concatenate(parts) if parts else np.zeros((0, bundle.embed_dim), np.float32)
+        return vectors, f"{bundle.manifest.architecture or 'custom'} bundle"
+    if backend_options is not None:
+        raise CnClipError(f"{path}: a checkpoint; backend options apply to bundles only")
+    from model.embed import DEFAULT_IMAGE_BATCH, DEFAULT_TEXT_BATCH, Embedder
+    from runtime.images import DEFAULT_MAX_PIXELS
+
+    embedder = Embedder.from_checkpoint(
+        path, arch, device=device, max_pixels=max_pixels or DEFAULT_MAX_PIXELS
+    )
+    if texts is not None:
+        out = embedder.embed_texts(
+            texts, batch_size=batch_size or DEFAULT_TEXT_BATCH, progress=progress
+        )
+    else:
+        out = embedder.embed_images(
+            list(images or []), batch_size=batch_size or DEFAULT_IMAGE_BATCH, progress=progress
+        )
+    return out, embedder.model.config.name

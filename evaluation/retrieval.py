@@ -90,7 +90,7 @@ def load_retrieval_data(data_dir: str | os.PathLike[str], split: str) -> Retriev
     Raises:
         DataError: nothing readable for the split, with what was looked for.
     """
-    from trainer.data.official import LmdbSource, OfficialSource, split_files
+    from sources.official import LmdbSource, OfficialSource, split_files
 
     root = Path(data_dir)
     if not root.is_dir():

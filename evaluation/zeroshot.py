@@ -58,7 +58,7 @@ def load_zeroshot_data(
     Raises:
         DataError: a missing or empty tree, or names that do not fit the folders.
     """
-    from trainer.data.imagefolder import ImageFolderSource
+    from sources.imagefolder import ImageFolderSource
 
     source = ImageFolderSource(data, labels)
 

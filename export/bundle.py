@@ -11,6 +11,7 @@ from __future__ import annotations
 import datetime
 import shutil
 import tempfile
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -30,16 +31,15 @@ from export.onnx_export import (
 )
 from export.samples import builtin_pictures, builtin_sentences
 from export.verify import VerificationSet, check_parity, measure_parity, verification_set
+from model.configs import find_architecture
+from model.identity import model_id
+from model.modeling import ChineseCLIP
 from runtime.bundle_manifest import BundleManifest, FileRef, ImageSpec, TowerSpec
 from runtime.errors import ConfigError, DataError
-from runtime.files import file_sha256
+from runtime.files import file_sha256, replace_directory
 from runtime.images import PreprocessConfig
 from runtime.sessions import BackendOptions, EncoderSession, open_session
 from runtime.tokenizer import ChineseTokenizer
-from trainer.configs import find_architecture
-from trainer.data.records import replace_directory
-from trainer.identity import model_id
-from trainer.model import ChineseCLIP
 
 PRECISIONS = ("fp32", "fp16", "int8")
 
@@ -278,3 +278,48 @@ def export_bundle(
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return manifest
+
+
+def export_precisions(
+    checkpoint: str | Path,
+    precisions: Sequence[str],
+    out_dir: str | Path,
+    *,
+    arch: str | None = None,
+    verify_data: str | Path | None = None,
+    say: Callable[[str], None] | None = None,
+) -> list[Path]:
+    """Bundles of ``checkpoint`` at each of ``precisions``, written (over older ones) as
+    ``out_dir/<checkpoint stem>-<precision>``: what ``cnclip eval --export fp32,fp16,int8``
+    compares with the checkpoint itself. Returns their paths, in the order given.
+
+    Raises:
+        ConfigError: an unknown precision, or ``checkpoint`` is a bundle.
+        CheckpointError: a missing or unreadable checkpoint.
+    """
+    from model.checkpoints import load_checkpoint
+    from runtime.bundle_manifest import is_bundle
+
+    wanted = list(dict.fromkeys(p.strip() for p in precisions if p.strip()))
+    unknown = [p for p in wanted if p not in PRECISIONS]
+    if unknown or not wanted:
+        raise ConfigError(f"export takes {', '.join(PRECISIONS)}, not {','.join(precisions)!r}")
+    source = Path(checkpoint)
+    if is_bundle(source):
+        raise ConfigError(f"{source}: a bundle; exporting needs a checkpoint")
+    model = load_checkpoint(source, arch).model
+    written = []
+    for precision in wanted:
+        target = Path(out_dir) / f"{source.stem}-{precision}"
+        if say is not None:
+            say(f"exporting {source} to {precision} ({target}) ...")
+        export_bundle(
+            model,
+            target,
+            precision=precision,
+            verify_data=verify_data,
+            source=source,
+            overwrite=True,
+        )
+        written.append(target)
+    return written

@@ -1,6 +1,6 @@
 """The two towers as ONNX graphs with dynamic batch (and, for text, dynamic length).
 
-Each tower is a small module around :class:`trainer.model.ChineseCLIP` that
+Each tower is a small module around :class:`model.modeling.ChineseCLIP` that
 returns L2-normalized embeddings, so the graph's output is what the index and
 the service use. The text tower computes its attention mask from the ids
 (``ids != 0``) inside the graph: nothing about the sequence length or the
@@ -23,7 +23,7 @@ import onnx
 import torch
 from torch import nn
 
-from trainer.model import ChineseCLIP
+from model.modeling import ChineseCLIP
 
 TEXT_INPUT, TEXT_OUTPUT = "input_ids", "text_embeds"
 IMAGE_INPUT, IMAGE_OUTPUT = "pixel_values", "image_embeds"

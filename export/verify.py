@@ -19,12 +19,12 @@ import numpy.typing as npt
 import torch
 from PIL import Image
 
+from model.modeling import ChineseCLIP
 from runtime.errors import CnClipError
 from runtime.images import PreprocessConfig, load_image, preprocess_batch
 from runtime.retrieval import topk_indices
 from runtime.sessions import EncoderSession
 from runtime.tokenizer import ChineseTokenizer
-from trainer.model import ChineseCLIP
 
 THRESHOLDS = {"fp32": 0.9999, "fp16": 0.999, "int8": 0.99}
 TOP_K = 10

@@ -2,9 +2,10 @@
 
 ``index.load(DIR)`` returns a :class:`index.search.CatalogIndex` (or, for a root
 written by :func:`index.shards.build_sharded`, a :class:`index.shards.ShardedIndex`
-with the same search call); building,
-evaluating and changing versions live in :mod:`index.build`, :mod:`index.evaluate`
-and :mod:`index.update` (``cnclip index ...`` on the command line).
+with the same search call); ``index.add`` and ``index.remove`` change a root, sharded or
+not; ``index.check_bundle`` says from the manifests alone whether a bundle may serve it.
+Building, evaluating and changing versions live in :mod:`index.build`,
+:mod:`index.recall` and :mod:`index.update` (``cnclip index ...`` on the command line).
 """
 
 from collections.abc import Sequence

@@ -41,7 +41,10 @@ from index.versions import (
     switch,
 )
 from runtime.errors import ConfigError, DataError
+from runtime.files import progress_disabled
 from runtime.identity import ModelRef
+from sources.catalog import catalog_lines, read_catalog
+from sources.catalog import item_id as check_item_id
 
 ADD_CHUNK = 65_536
 EVAL_QUERIES = 1_000
@@ -64,15 +67,20 @@ def catalog_corpus(
     batch_size: int = 32,
     workers: int | None = None,
     progress: bool = True,
+    allow_private_urls: bool = False,
 ) -> tuple[Corpus, Any]:
     """A jsonl catalog's images embedded with ``bundle`` as a :class:`Corpus`.
 
     The embedding runs (and resumes) in ``work_dir`` (:func:`index.embed.embed_catalog`);
     image paths are relative to the catalog's folder. Each item's metadata is its title
     and its other attributes. Images that cannot be used are left out: the returned
-    :class:`index.embed.EmbeddedCatalog` lists them in ``rejects``.
+    :class:`index.embed.EmbeddedCatalog` lists them in ``rejects``. Image URLs are
+    fetched by the service's fetcher (:mod:`runtime.fetch`); ``allow_private_urls`` lets
+    it reach hosts on private networks (the SSRF guard is on by default).
     """
-    from index.embed import embed_catalog, read_catalog
+    import dataclasses
+
+    from index.embed import CATALOG_FETCH, embed_catalog
 
     path = Path(catalog)
     items = read_catalog(path)
@@ -84,36 +92,31 @@ def catalog_corpus(
         batch_size=batch_size,
         workers=workers,
         progress=progress,
+        fetch=dataclasses.replace(CATALOG_FETCH, allow_private=allow_private_urls),
     )
     records = {item.id: {"title": item.title, **item.attributes} for item in items}
     return Corpus(embedded.vectors, embedded.ids, [records[i] for i in embedded.ids]), embedded
 
 
 def read_records(path: Path, text_key: str | None = None) -> dict[str, dict[str, Any]]:
-    """``{id: record}`` of a jsonl file of objects with a string ``id`` (and ``text_key``)."""
+    """``{id: record}`` of a jsonl file of objects with an ``id`` (and a string
+    ``text_key``), ids and lines as the catalog parser reads them
+    (:mod:`sources.catalog`: UTF-8, BOM, integer ids as text, line numbers in errors)."""
     out: dict[str, dict[str, Any]] = {}
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise DataError(f"{path}: cannot read it ({exc})") from exc
-    for number, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
+    for number, line in catalog_lines(path):
+        where = f"{path}:{number}"
         try:
             record = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise DataError(f"{path}:{number}: not JSON ({exc.msg})") from exc
-        if (
-            not isinstance(record, dict)
-            or not isinstance(record.get("id"), str)
-            or not record["id"]
-        ):
-            raise DataError(f'{path}:{number}: each line must be an object with a string "id"')
+        except (ValueError, RecursionError) as exc:
+            raise DataError(f"{where}: not JSON ({exc})") from exc
+        if not isinstance(record, dict) or "id" not in record:
+            raise DataError(f'{where}: each line must be an object with an "id"')
+        record_id = check_item_id(record.pop("id"), where)
         if text_key is not None and not isinstance(record.get(text_key), str):
-            raise DataError(f'{path}:{number}: needs a string "{text_key}"')
-        if record["id"] in out:
-            raise DataError(f"{path}:{number}: duplicate id {record['id']!r}")
-        out[record.pop("id")] = record
+            raise DataError(f'{where}: needs a string "{text_key}"')
+        if record_id in out:
+            raise DataError(f"{where}: duplicate id {record_id!r}")
+        out[record_id] = record
     if not out:
         raise DataError(f"{path}: no records")
     return out
@@ -194,7 +197,13 @@ def add_vectors(
     """Add ``vectors`` as rows ``first_row ..``: FAISS ids are rows (IDMap or insertion order)."""
     if not uses_id_map(index) and index.ntotal != first_row:
         raise ConfigError(f"index holds {index.ntotal} vectors, expected {first_row}")
-    bar = tqdm(total=len(vectors), desc="add", unit="vec", disable=not progress, file=sys.stderr)
+    bar = tqdm(
+        total=len(vectors),
+        desc="add",
+        unit="vec",
+        disable=progress_disabled(progress),
+        file=sys.stderr,
+    )
     with bar:
         for start in range(0, len(vectors), ADD_CHUNK):
             chunk = np.ascontiguousarray(vectors[start : start + ADD_CHUNK], dtype=np.float32)

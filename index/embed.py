@@ -33,22 +33,21 @@ import contextlib
 import fcntl
 import functools
 import hashlib
-import http.client
 import io
 import itertools
 import json
 import os
 import re
-import sys
 import urllib.parse
 import urllib.request
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, Final, Protocol, TypeAlias
 
+import httpx
 import numpy as np
 import numpy.typing as npt
 from tqdm import tqdm
@@ -61,8 +60,13 @@ from runtime.errors import (
     ImageTooLargeError,
     InvalidImageError,
 )
+from runtime.fetch import FetchError, FetchPolicy
+from runtime.fetch import fetch as fetch_url
+from runtime.files import atomic_path, progress_disabled
 from runtime.files import write_atomically as _write_atomic
 from runtime.images import PreprocessConfig, load_image, preprocess
+from sources.catalog import CatalogItem, iter_catalog, read_catalog
+from sources.catalog import item_id as check_item_id
 
 __all__ = [
     "CatalogItem",
@@ -82,10 +86,8 @@ PROGRESS: Final = "progress.json"
 REJECTS: Final = "rejects.jsonl"
 IDS: Final = "ids.txt"
 EMBEDDINGS: Final = "embeddings.npy"
-URL_TIMEOUT_S: Final = 30.0
-"""Seconds to wait for an http(s) image server before the item is rejected."""
-MAX_DOWNLOAD_BYTES: Final = 64 << 20
-"""Largest http(s) image accepted, in bytes."""
+# Catalog images by URL: the service's fetcher, with a catalog's limits.
+CATALOG_FETCH: Final = FetchPolicy(timeout_s=30.0, max_bytes=64 << 20, retries=2)
 
 _URL = re.compile(r"^([A-Za-z][A-Za-z0-9+.\-]*)://")
 _CHUNK_ROWS: Final = 65536
@@ -118,16 +120,6 @@ class TextEncoder(Protocol):
     def encode_texts(self, texts: Sequence[str]) -> npt.NDArray[np.float32]: ...
 
 
-@dataclass(frozen=True, slots=True)
-class CatalogItem:
-    """One catalog line: ``image`` as written (relative paths are resolved when embedding)."""
-
-    id: str
-    image: str
-    title: str | None = None
-    attributes: dict[str, Any] = field(default_factory=dict)
-
-
 @dataclass(frozen=True)
 class EmbeddedCatalog:
     """The embedded items in catalog order (rejects left out) and the rejects.
@@ -140,134 +132,6 @@ class EmbeddedCatalog:
     vectors: npt.NDArray[np.float32]
     rejects: list[dict[str, str]]
     dim: int
-
-
-# --------------------------------------------------------------------------- catalog
-
-
-def read_catalog(path: str | os.PathLike[str]) -> list[CatalogItem]:
-    """All items of a jsonl catalog, checked; blank lines are skipped.
-
-    Raises:
-        DataError: an unreadable file, or a line that is not valid JSON, not an object,
-            lacks a non-empty string ``id`` or ``image``, or repeats an earlier id; the
-            message names the file and line.
-    """
-    path = Path(path)
-    items: list[CatalogItem] = []
-    seen: set[str] = set()
-    for lineno, item in _numbered_items(path):
-        if item.id in seen:
-            first = _first_line_of(path, item.id)
-            raise DataError(
-                f"{path}:{lineno}: duplicate id {item.id!r}, first used at line {first}; "
-                "give every item its own id"
-            )
-        seen.add(item.id)
-        items.append(item)
-    return items
-
-
-def iter_catalog(path: str | os.PathLike[str]) -> Iterator[CatalogItem]:
-    """The items of a catalog one by one, each line checked as by :func:`read_catalog`.
-
-    Duplicate ids are *not* detected here (that needs every id): use :func:`read_catalog`.
-    """
-    for _, item in _numbered_items(Path(path)):
-        yield item
-
-
-def _numbered_items(path: Path) -> Iterator[tuple[int, CatalogItem]]:
-    for lineno, text in _catalog_lines(path):
-        yield lineno, _parse_item(text, f"{path}:{lineno}")
-
-
-def _catalog_lines(path: Path) -> Iterator[tuple[int, str]]:
-    """(line number, text) of the non-blank lines of a UTF-8 file."""
-    try:
-        handle = path.open("rb")
-    except OSError as exc:
-        raise DataError(f"{path}: cannot read the catalog ({exc.strerror or exc})") from exc
-    with handle:
-        for lineno, raw in enumerate(handle, start=1):
-            try:
-                text = raw.decode("utf-8")
-            except UnicodeDecodeError as exc:
-                raise DataError(
-                    f"{path}:{lineno}: not UTF-8 (byte {exc.start + 1} of the line); "
-                    "save the catalog as UTF-8"
-                ) from exc
-            if lineno == 1:
-                text = text.removeprefix("\ufeff")
-            if text.strip():
-                yield lineno, text
-
-
-def _parse_item(text: str, where: str) -> CatalogItem:
-    try:
-        record = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise DataError(
-            f"{where}: invalid JSON ({exc.msg} at column {exc.colno}); "
-            'write one JSON object a line, like {"id": "a1", "image": "a1.jpg"}'
-        ) from exc
-    except (ValueError, RecursionError) as exc:
-        raise DataError(f"{where}: invalid JSON ({exc})") from exc
-    if not isinstance(record, dict):
-        raise DataError(
-            f'{where}: expected a JSON object {{"id": ..., "image": ...}}, '
-            f"got a JSON {_json_type(record)}"
-        )
-    item_id = _required_string(record, "id", where)
-    if "\n" in item_id or "\r" in item_id:
-        raise DataError(f'{where}: "id" {item_id!r} contains a line break; ids are one line')
-    image = _required_string(record, "image", where)
-    title = record.pop("title", None)
-    if title is not None and not isinstance(title, str):
-        raise DataError(f'{where}: "title" must be a string, got a JSON {_json_type(title)}')
-    return CatalogItem(item_id, image, title, record)
-
-
-def _required_string(record: dict[str, Any], key: str, where: str) -> str:
-    if key not in record:
-        what = "a unique item id" if key == "id" else "the image's path or URL"
-        raise DataError(f'{where}: missing "{key}" ({what})')
-    value = record.pop(key)
-    if not isinstance(value, str):
-        raise DataError(f'{where}: "{key}" must be a string, got a JSON {_json_type(value)}')
-    if not value.strip():
-        raise DataError(f'{where}: "{key}" is empty')
-    if not _is_unicode(value):
-        raise DataError(f'{where}: "{key}" {value!r} is not valid Unicode (a lone surrogate)')
-    return value
-
-
-def _first_line_of(path: Path, item_id: str) -> int:
-    """The line of the first item with ``item_id`` (the lines are valid: read once already)."""
-    for lineno, text in _catalog_lines(path):
-        if json.loads(text).get("id") == item_id:
-            return lineno
-    raise DataError(f"{path}: changed while it was read; read it again")
-
-
-def _json_type(value: Any) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "boolean"
-    if isinstance(value, int | float):
-        return "number"
-    if isinstance(value, str):
-        return "string"
-    return "array" if isinstance(value, list) else "object"
-
-
-def _is_unicode(text: str) -> bool:
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
 
 
 # --------------------------------------------------------------------------- embedding
@@ -293,6 +157,7 @@ def embed_catalog(
     workers: int | None = None,
     shard_size: int = 8192,
     progress: bool = True,
+    fetch: FetchPolicy = CATALOG_FETCH,
 ) -> EmbeddedCatalog:
     """Embed the catalog's images into ``work_dir``, resuming what a previous run left there.
 
@@ -305,6 +170,10 @@ def embed_catalog(
         workers: threads reading and preprocessing images (default: up to 8, one a CPU).
         shard_size: items a shard; a resumed run must use the one it started with.
         progress: show a progress bar on standard error when it is a terminal.
+        fetch: how http(s) images are fetched (:mod:`runtime.fetch`, the service's
+            fetcher): by default with the SSRF guard on, 64 MiB, 30 s and 2 retries;
+            ``dataclasses.replace(CATALOG_FETCH, allow_private=True)`` for an image host
+            on a private network.
 
     Raises:
         DataError: duplicate or empty ids, or a work directory of another bundle or catalog
@@ -347,13 +216,15 @@ def embed_catalog(
                 unit="img",
                 desc="embedding images",
                 dynamic_ncols=True,
-                disable=not _show_progress(progress),
+                disable=progress_disabled(progress),
             ) as bar,
+            httpx.Client(timeout=fetch.timeout_s, headers={"User-Agent": "cnclip"}) as http,
         ):
             embedder = _ShardEmbedder(bundle, work_dir, batch_size, log, bar)
             embedder.rejected = sum(len(r) for r in done.values())
             bar.set_postfix(rejects=embedder.rejected)
-            done.update(embedder.run(items, todo, base_dir, workers))
+            images = _Images(base_dir, fetch, http)
+            done.update(embedder.run(items, todo, images, workers))
         return _joined(work_dir, items, shards, done, dim)
 
 
@@ -362,28 +233,14 @@ def _check_positive(name: str, value: int) -> None:
         raise ConfigError(f"{name} must be a positive integer, got {value!r}")
 
 
-def _show_progress(progress: bool) -> bool:
-    return progress and sys.stderr is not None and sys.stderr.isatty()
-
-
 def _catalog_fingerprint(items: Sequence[CatalogItem]) -> str:
     """The sha256 of the ids in order; refuses empty, multi-line or repeated ids."""
     digest = hashlib.sha256()
     seen: set[str] = set()
     for position, item in enumerate(items):
-        item_id = item.id
-        if (
-            not isinstance(item_id, str)
-            or not item_id.strip()
-            or "\n" in item_id
-            or "\r" in item_id
-            or not _is_unicode(item_id)
-            or not _is_unicode(item.image)
-        ):
-            raise DataError(
-                f"catalog item {position}: id {item_id!r} (image {item.image!r}) must be "
-                "non-empty valid Unicode, the id one line"
-            )
+        item_id = check_item_id(item.id, f"catalog item {position}")
+        if not isinstance(item.image, str) or not item.image.strip():
+            raise DataError(f"catalog item {position}: image {item.image!r} is not a path")
         if item_id in seen:
             first = next(i for i, other in enumerate(items) if other.id == item_id)
             raise DataError(
@@ -524,11 +381,9 @@ class _ShardEmbedder:
         self.rejected = 0
 
     def run(
-        self, items: Sequence[CatalogItem], todo: Sequence[_Shard], base_dir: Path, workers: int
+        self, items: Sequence[CatalogItem], todo: Sequence[_Shard], images: _Images, workers: int
     ) -> dict[int, list[dict[str, str]]]:
-        load = functools.partial(
-            _load_item, base_dir=base_dir, config=self.bundle.preprocess_config
-        )
+        load = functools.partial(_load_item, images=images, config=self.bundle.preprocess_config)
         pending = itertools.chain.from_iterable(items[s.start : s.stop] for s in todo)
         done: dict[int, list[dict[str, str]]] = {}
         pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="cnclip-embed")
@@ -631,49 +486,47 @@ def _checked_output(
     return array
 
 
-def _load_item(item: CatalogItem, *, base_dir: Path, config: PreprocessConfig) -> Loaded:
+@dataclass(frozen=True)
+class _Images:
+    """Where a catalog's images come from: files under ``base_dir``, or URLs."""
+
+    base_dir: Path
+    fetch: FetchPolicy
+    http: httpx.Client
+
+    def source(self, image: str) -> str | bytes:
+        """A local path (relative ones under ``base_dir``), or the bytes a URL serves."""
+        match = _URL.match(image)
+        if match is None:
+            path = Path(image)
+            return str(path if path.is_absolute() else self.base_dir / path)
+        scheme = match.group(1).lower()
+        if scheme == "file":
+            parts = urllib.parse.urlsplit(image)
+            if parts.netloc not in ("", "localhost"):
+                raise InvalidImageError(f"cannot read image {image}: a file URL of another host")
+            return urllib.request.url2pathname(parts.path)
+        if scheme in ("http", "https"):
+            try:
+                return fetch_url(image, self.fetch, self.http)
+            except FetchError as exc:
+                raise InvalidImageError(f"cannot download image {image}: {exc}") from exc
+            except ImageTooLargeError as exc:
+                raise ImageTooLargeError(f"image {image}: {exc}; not downloaded") from exc
+        raise InvalidImageError(
+            f"cannot read image {image}: unsupported URL scheme {scheme!r} "
+            "(use a path, file://, http:// or https://)"
+        )
+
+
+def _load_item(item: CatalogItem, *, images: _Images, config: PreprocessConfig) -> Loaded:
     """Runs in the pool: the preprocessed image, or the reason it cannot be used."""
     try:
-        source = _image_source(item.image, base_dir)
+        source = images.source(item.image)
         name = item.image if isinstance(source, bytes) else None
         return preprocess(load_image(source, max_pixels=config.max_pixels, name=name), config)
     except CnClipError as exc:
         return str(exc)
-
-
-def _image_source(image: str, base_dir: Path) -> str | bytes:
-    """A local path (relative ones under ``base_dir``), or the bytes an http(s) URL serves."""
-    match = _URL.match(image)
-    if match is None:
-        path = Path(image)
-        return str(path if path.is_absolute() else base_dir / path)
-    scheme = match.group(1).lower()
-    if scheme == "file":
-        parts = urllib.parse.urlsplit(image)
-        if parts.netloc not in ("", "localhost"):
-            raise InvalidImageError(f"cannot read image {image}: a file URL of another host")
-        return urllib.request.url2pathname(parts.path)
-    if scheme in ("http", "https"):
-        return _download(image)
-    raise InvalidImageError(
-        f"cannot read image {image}: unsupported URL scheme {scheme!r} "
-        "(use a path, file://, http:// or https://)"
-    )
-
-
-def _download(url: str) -> bytes:
-    request = urllib.request.Request(url, headers={"User-Agent": "cnclip"})
-    try:
-        with urllib.request.urlopen(request, timeout=URL_TIMEOUT_S) as response:
-            data: bytes = response.read(MAX_DOWNLOAD_BYTES + 1)
-    except (OSError, ValueError, http.client.HTTPException) as exc:
-        reason = " ".join(str(exc).split()) or type(exc).__name__
-        raise InvalidImageError(f"cannot download image {url}: {reason}") from exc
-    if len(data) > MAX_DOWNLOAD_BYTES:
-        raise ImageTooLargeError(
-            f"image {url} is larger than {MAX_DOWNLOAD_BYTES} bytes; not downloaded"
-        )
-    return data
 
 
 def _joined(
@@ -705,8 +558,7 @@ def _joined(
 def _join_shards(
     work_dir: Path, shards: Sequence[_Shard], npy: Path, shape: tuple[int, int]
 ) -> None:
-    temporary = _temporary(npy)
-    try:
+    with atomic_path(npy) as temporary:
         out = np.lib.format.open_memmap(temporary, mode="w+", dtype=np.float32, shape=shape)
         row = 0
         for shard in shards:
@@ -715,19 +567,9 @@ def _join_shards(
             row += len(block)
         out.flush()
         del out
-        with temporary.open("rb") as handle:
-            os.fsync(handle.fileno())
-        os.replace(temporary, npy)
-    except BaseException:
-        temporary.unlink(missing_ok=True)
-        raise
 
 
 # --------------------------------------------------------------------------- files
-
-
-def _temporary(path: Path) -> Path:
-    return path.with_name(f".{path.name}.tmp")
 
 
 def _npy_bytes(array: npt.NDArray[np.float32]) -> bytes:
@@ -844,7 +686,7 @@ def embed_texts(
         unit="text",
         desc="embedding texts",
         dynamic_ncols=True,
-        disable=not _show_progress(progress),
+        disable=progress_disabled(progress),
     ) as bar:
         for start in range(0, len(order), batch_size):
             rows = order[start : start + batch_size]

@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from runtime.errors import CnClipError
-from runtime.files import write_atomically
+from runtime.files import sync_directory, write_atomically
 from runtime.identity import ModelRef
 from runtime.manifests import MANIFEST, read_json, write_json
 
@@ -221,6 +221,7 @@ def new_version(root: Path) -> Iterator[tuple[Path, str]]:
     try:
         yield staging, name
         os.rename(staging, root / name)
+        sync_directory(root)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise

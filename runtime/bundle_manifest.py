@@ -242,6 +242,11 @@ def _tower(raw: Mapping[str, Any]) -> TowerSpec:
     )
 
 
+def is_bundle(path: str | Path) -> bool:
+    """Whether ``path`` is a bundle directory (it holds a manifest), not a checkpoint."""
+    return (Path(path) / MANIFEST).is_file()
+
+
 def bundle_ref(directory: str | Path) -> ModelRef:
     """What an index built with the bundle at ``directory`` records, without opening it."""
     path = Path(directory)

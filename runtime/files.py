@@ -5,34 +5,43 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import shutil
 import tempfile
+import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 
-def write_atomically(path: str | os.PathLike[str], data: Any) -> Path:
-    """Write ``data`` (bytes or any buffer) to ``path`` all at once.
-
-    The bytes go to a temporary file beside ``path`` with a unique name
-    (``.{name}.XXXX.tmp``), are synced, and the file is renamed over ``path``, and the
-    directory is synced so that the rename survives a crash; on any failure the
-    temporary file is removed and ``path`` is left as it was. Returns ``path``.
-    """
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
+    """A unique temporary path beside ``path`` (``.{name}.XXXX.tmp``) to write in full;
+    when the block ends it is synced and renamed over ``path``, and the directory synced,
+    so that readers see the old file or the new one and the rename survives a crash. On
+    any failure the temporary file is removed and ``path`` is left as it was."""
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    fd, name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    os.close(fd)
+    tmp = Path(name)
     try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
+        yield tmp
+        with tmp.open("rb") as handle:
             os.fsync(handle.fileno())
         os.replace(tmp, target)
     except BaseException:
         with contextlib.suppress(OSError):
-            os.unlink(tmp)
+            tmp.unlink()
         raise
     sync_directory(target.parent)
-    return target
+
+
+def write_atomically(path: str | os.PathLike[str], data: Any) -> Path:
+    """Write ``data`` (bytes or any buffer) to ``path`` all at once (:func:`atomic_path`).
+    Returns ``path``."""
+    with atomic_path(path) as tmp, tmp.open("wb") as handle:
+        handle.write(data)
+    return Path(path)
 
 
 def sync_directory(path: str | os.PathLike[str]) -> None:
@@ -51,3 +60,32 @@ def file_sha256(path: str | os.PathLike[str]) -> str:
         for block in iter(lambda: handle.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+def replace_directory(staging: str | os.PathLike[str], target: str | os.PathLike[str]) -> None:
+    """Rename a complete ``staging`` directory to ``target`` (beside it, same file system).
+
+    An existing non-empty ``target`` is moved aside first and deleted only once the new
+    one is in place, so a failure never leaves neither of them; the parent directory is
+    synced so that the rename survives a crash.
+    """
+    staging, target = Path(staging), Path(target)
+    if not target.exists() or (target.is_dir() and not any(target.iterdir())):
+        os.replace(staging, target)
+        sync_directory(target.parent)
+        return
+    old = target.with_name(f".{target.name}.old-{uuid.uuid4().hex[:12]}")
+    os.replace(target, old)
+    try:
+        os.replace(staging, target)
+    except BaseException:
+        os.replace(old, target)
+        raise
+    sync_directory(target.parent)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def progress_disabled(progress: bool) -> bool | None:
+    """tqdm's ``disable`` for a bar the caller wants (``progress``): None lets tqdm draw it
+    only on a terminal, True silences it."""
+    return None if progress else True

@@ -21,14 +21,11 @@ by that, as before.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from runtime.errors import CnClipError
-
-log = logging.getLogger(__name__)
 
 
 class ModelMismatchError(CnClipError):
@@ -115,9 +112,9 @@ def check_serves(built: ModelRef, serving: ModelRef, where: object) -> str | Non
     """Whether the bundle ``serving`` may answer queries against vectors of ``built``.
 
     Same model id: yes; when the bundles differ (another precision or backend of the same
-    weights) the returned note, also logged, names both with the parity each measured at
-    export. Different model ids, or (for format-1 artifacts) different bundle files: a
-    :class:`ModelMismatchError` whose one line says what to do. An index that records no
+    weights) the returned note names both with the parity each measured at export, for
+    the caller to log or print. Different model ids, or (for format-1 artifacts)
+    different bundle files: a :class:`ModelMismatchError` whose one line says what to do. An index that records no
     model at all (built from bare embeddings) is accepted with a note.
     """
     if built.model_id is not None and serving.model_id is not None:
@@ -129,9 +126,7 @@ def check_serves(built: ModelRef, serving: ModelRef, where: object) -> str | Non
                 "this one (cnclip index build --bundle)"
             )
     elif not built.known:
-        note = f"{where}: records no model; cannot check that this bundle made its vectors"
-        log.warning(note)
-        return note
+        return f"{where}: records no model; cannot check that this bundle made its vectors"
     elif not same_bundle(built, serving):
         raise ModelMismatchError(
             f"{where}: built with bundle {_short(built.bundle_id or built.bundle_sha256)}, "
@@ -141,9 +136,7 @@ def check_serves(built: ModelRef, serving: ModelRef, where: object) -> str | Non
         )
     if same_bundle(built, serving):
         return None
-    note = (
+    return (
         f"{where}: built with {built.describe()}; served with {serving.describe()} "
         "(same model, another bundle)"
     )
-    log.info(note)
-    return note

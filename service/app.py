@@ -15,6 +15,7 @@ from fastapi.middleware.cors import CORSMiddleware
 from fastapi.openapi.utils import get_openapi
 
 from runtime.bundle import load_bundle
+from runtime.bundle_manifest import is_bundle
 from runtime.errors import ConfigError
 from runtime.sessions import BackendOptions
 from service import schemas
@@ -66,7 +67,7 @@ def _check(settings: Settings) -> None:
         raise ConfigError(
             "security.require_for_all is set but no API key is: set CNCLIP_SECURITY__API_KEY"
         )
-    if not (settings.bundle / "manifest.json").is_file():
+    if not is_bundle(settings.bundle):
         raise ConfigError(f"{settings.bundle}: not a model bundle (no manifest.json)")
     media = settings.ui.media_dir
     if settings.ui.enabled and media is not None and not media.is_dir():

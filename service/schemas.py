@@ -6,6 +6,9 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
 
+from runtime.errors import DataError
+from sources.catalog import MAX_ID_CHARS, item_id
+
 FilterValue = str | int | float | bool
 Filter = dict[str, FilterValue | list[FilterValue]]
 TOP_K_MAX = 2048  # the index's limit; the service's own (CNCLIP_LIMITS__MAX_TOP_K) is lower
@@ -182,7 +185,22 @@ class EmbedResponse(BaseModel):
 
 class CatalogItem(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    id: str = Field(..., min_length=1, max_length=256)
+    id: str = Field(
+        ...,
+        min_length=1,
+        max_length=MAX_ID_CHARS,
+        description="A one-line string; an integer is taken as its decimal text "
+        "(the catalog rules of sources/catalog.py).",
+    )
+
+    @field_validator("id", mode="before")
+    @classmethod
+    def _catalog_id(cls, value: Any) -> str:
+        try:
+            return item_id(value, "id")
+        except DataError as exc:
+            raise ValueError(str(exc)) from None
+
     image: ImageInput
     metadata: dict[str, Any] = Field(
         default_factory=dict,

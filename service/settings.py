@@ -13,6 +13,7 @@ from pathlib import Path
 from pydantic import BaseModel, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from runtime.fetch import FetchPolicy
 from runtime.sessions import BACKENDS
 
 
@@ -61,6 +62,11 @@ class FetchSettings(BaseModel):
     max_redirects: int = Field(3, ge=0)
     allow_private: bool = False
     """Allow loopback, private, link-local and reserved addresses (off: SSRF guard)."""
+    retries: int = Field(1, ge=0)
+    """Tries again after a connection failure or a 5xx answer."""
+
+    def policy(self) -> FetchPolicy:
+        return FetchPolicy(**self.model_dump())
 
 
 class SecuritySettings(BaseModel):

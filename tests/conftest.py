@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 import pytest
 
 if TYPE_CHECKING:
-    from trainer.configs import ModelConfig
+    from model.configs import ModelConfig
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -44,7 +44,7 @@ TINY_TEXT = {
 
 
 def tiny_config(family: str) -> ModelConfig:
-    from trainer.configs import ModelConfig, TextConfig, VisionConfig
+    from model.configs import ModelConfig, TextConfig, VisionConfig
 
     if family == "vit":
         vision = VisionConfig(kind="vit", image_size=32, width=128, layers=2, patch_size=8)

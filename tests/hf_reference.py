@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from transformers import ChineseCLIPConfig, ChineseCLIPModel
 
-from trainer.model import ChineseCLIP
+from model.modeling import ChineseCLIP
 
 
 def to_hf_model(model: ChineseCLIP) -> Any:

@@ -1,8 +1,10 @@
-"""Chinese CLIP in PyTorch: the five architectures, checkpoint formats, embedding and training.
+"""Training Chinese CLIP: the loop, the step, the loss, optimiser and schedules, DDP,
+validation and the recipes (``trainer/recipes/``).
 
 ``trainer.main(argv)`` is ``cnclip train``: two-stage contrastive training
 (stage 1 locks the image tower, stage 2 trains both) or finetuning, on one
-process or many (torchrun). See ``trainer/recipes/`` for example configs.
+process or many (torchrun). The model itself, its checkpoints and initialisation are
+:mod:`model`; the dataset readers are :mod:`sources`.
 """
 
 from __future__ import annotations

@@ -13,6 +13,7 @@ from datetime import timedelta
 import torch
 import torch.distributed as dist
 
+from runtime.devices import parse_device
 from runtime.errors import ConfigError
 
 
@@ -42,18 +43,18 @@ def _env_int(name: str, default: int) -> int:
 
 
 def resolve_device(requested: str, local_rank: int) -> torch.device:
-    """``auto``: this rank's GPU when CUDA is available, else the CPU."""
-    if requested == "auto":
-        requested = "cuda" if torch.cuda.is_available() else "cpu"
-    if requested.startswith("cuda"):
-        if not torch.cuda.is_available():
-            raise ConfigError("device cuda was requested but this torch build sees no GPU")
-        if requested == "cuda":
-            return torch.device("cuda", local_rank % torch.cuda.device_count())
-    try:
-        return torch.device(requested)
-    except RuntimeError as exc:
-        raise ConfigError(f"device: {requested!r} is not a torch device") from exc
+    """``auto``: this rank's GPU when CUDA is available, else the CPU; ``cuda``: this rank's
+    GPU; ``cuda:N``, ``cpu`` as given (:func:`runtime.devices.parse_device`)."""
+    device = parse_device(requested, allow_auto=True)
+    if device.kind == "auto":
+        device = parse_device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.kind == "cpu":
+        return torch.device("cpu")
+    if not torch.cuda.is_available():
+        raise ConfigError("device cuda was requested but this torch build sees no GPU")
+    if device.index is None:
+        return torch.device("cuda", local_rank % torch.cuda.device_count())
+    return torch.device("cuda", device.index)
 
 
 def init_distributed(device: torch.device) -> DistInfo:

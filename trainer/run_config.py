@@ -21,6 +21,11 @@ import yaml
 from runtime.errors import ConfigError
 from runtime.templates import CAPTION_TEMPLATES
 
+if typing.TYPE_CHECKING:
+    from model.configs import ModelConfig
+    from model.init import InitReport
+    from model.modeling import ChineseCLIP
+
 DataKind = Literal["official", "lmdb", "wds", "catalog", "imagefolder"]
 
 
@@ -48,6 +53,28 @@ class ModelSection:
     grad_checkpointing: bool = False
     patch_dropout: float = 0.0
     channels_last: bool = False
+
+    def model_config(self) -> ModelConfig:
+        """The architecture: ``arch``'s official config, or ``config``."""
+        from model.configs import ModelConfig, get_config
+
+        if self.arch is not None:
+            return get_config(self.arch)
+        assert self.config is not None  # checked when the run config is read
+        return ModelConfig.from_dict(self.config)
+
+    def initial_model(self) -> tuple[ChineseCLIP, InitReport]:
+        """The model with its starting weights (:func:`model.init.build_initial_model`)."""
+        from model.init import build_initial_model
+
+        return build_initial_model(
+            self.model_config(),
+            init=self.init,
+            init_image=self.init_image,
+            init_text=self.init_text,
+            allow_missing=self.allow_missing,
+            name=self.arch or "config",
+        )
 
 
 @dataclass

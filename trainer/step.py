@@ -29,9 +29,9 @@ from typing import Any
 import torch
 from torch import nn
 
+from model.modeling import ChineseCLIP
+from model.modeling_vision import frozen_batchnorm_stats
 from trainer.loss import contrastive_loss, gather_features, retrieval_accuracy
-from trainer.model import ChineseCLIP
-from trainer.modeling_vision import frozen_batchnorm_stats
 
 
 @dataclass

@@ -21,6 +21,7 @@ import logging
 import math
 import os
 import random
+import shutil
 import sys
 import time
 from collections.abc import Iterator
@@ -33,11 +34,13 @@ import torch.distributed as dist
 import yaml
 from torch.nn.parallel import DistributedDataParallel
 
+from model.checkpoints import save_checkpoint
+from model.modeling import ChineseCLIP, build_model
 from runtime.errors import CheckpointError, ConfigError, DataError
+from runtime.files import atomic_path, write_atomically
 from runtime.images import PreprocessConfig
 from runtime.tokenizer import ChineseTokenizer, default_tokenizer
-from trainer.checkpoints import save_checkpoint
-from trainer.data import open_source
+from sources import open_source
 from trainer.data.augment import AugmentConfig, TrainTransform
 from trainer.data.loader import Batch, LoaderState, StreamSpec, build_loader, source_size
 from trainer.distributed import (
@@ -48,8 +51,6 @@ from trainer.distributed import (
     resolve_device,
     shutdown_distributed,
 )
-from trainer.init import build_initial_model, model_config
-from trainer.model import ChineseCLIP, build_model
 from trainer.optim import build_optimizer, cosine_lr, set_lr
 from trainer.run_config import DataSection, RunConfig, StageSection
 from trainer.step import MicroBatch, StepOptions, TrainForward, train_step
@@ -150,9 +151,7 @@ def _truncate_metrics(path: Path, global_step: int) -> None:
                 kept.append(line)
         except (json.JSONDecodeError, AttributeError):
             continue  # a line cut short by the kill, or not ours
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
-    os.replace(tmp, path)
+    write_atomically(path, "".join(line + "\n" for line in kept).encode("utf-8"))
 
 
 # ------------------------------------------------------------------ random state
@@ -218,7 +217,7 @@ class Trainer:
         torch.manual_seed(config.seed + info.rank)
         random.seed(config.seed + info.rank)
         if resume_from is None:
-            self.model, report = build_initial_model(config.model)
+            self.model, report = config.model.initial_model()
             for line in report.sources:
                 log.info("init: %s", line)
             if report.missing or report.unexpected:
@@ -228,7 +227,7 @@ class Trainer:
                     len(report.unexpected),
                 )
         else:  # the initial weights are not needed (nor read) again
-            self.model = build_model(model_config(config.model), init=False)
+            self.model = build_model(config.model.model_config(), init=False)
             weights, self.state = _load_state(resume_from)
             self.model.load_state_dict(weights)
             log.info(
@@ -247,12 +246,8 @@ class Trainer:
         self.validation = self._validation_set()
         if info.is_main:
             self.ckpt_dir.mkdir(parents=True, exist_ok=True)
-            tmp = self.run_dir / "config.yaml.tmp"
-            tmp.write_text(
-                yaml.safe_dump(config.to_dict(), allow_unicode=True, sort_keys=False),
-                encoding="utf-8",
-            )
-            os.replace(tmp, self.run_dir / "config.yaml")
+            text = yaml.safe_dump(config.to_dict(), allow_unicode=True, sort_keys=False)
+            write_atomically(self.run_dir / "config.yaml", text.encode("utf-8"))
             if resume_from is not None:
                 _truncate_metrics(self.metrics_path, self.state.global_step)
         barrier()
@@ -573,9 +568,8 @@ class Trainer:
             )
 
     def _copy_checkpoint(self, source: str, target: str) -> None:
-        tmp = self.ckpt_dir / f".{target}.tmp"
-        tmp.write_bytes((self.ckpt_dir / source).read_bytes())
-        os.replace(tmp, self.ckpt_dir / target)
+        with atomic_path(self.ckpt_dir / target) as tmp:
+            shutil.copyfile(self.ckpt_dir / source, tmp)
 
 
 def _next_batch(batches: Iterator[Batch]) -> Batch:

@@ -14,12 +14,12 @@ import numpy as np
 import numpy.typing as npt
 import torch
 
+from model.modeling import ChineseCLIP
 from runtime.errors import CnClipError, DataError
 from runtime.images import PreprocessConfig, load_and_preprocess
 from runtime.retrieval import class_embeddings, classification_metrics, retrieval_metrics
 from runtime.tokenizer import ChineseTokenizer
-from trainer.data.records import IndexedSource, Record
-from trainer.model import ChineseCLIP
+from sources.records import IndexedSource, Record
 
 log = logging.getLogger(__name__)
 

@@ -6,10 +6,6 @@ checkpoint is refused with one line; the cost of int8 queries measured by
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import httpx
@@ -17,11 +13,11 @@ import pytest
 import torch
 
 from cnclip.cli import main
+from model.checkpoints import save_checkpoint
+from model.modeling import build_model
 from runtime.bundle_manifest import BundleManifest
-from tests.conftest import ROOT, tiny_config
-from tests.service.conftest import free_port, photos, queries
-from trainer.checkpoints import save_checkpoint
-from trainer.model import build_model
+from tests.conftest import tiny_config
+from tests.service.conftest import cnclip_serve, photos, queries
 
 
 def _export(checkpoint: Path, out: Path, precision: str, data_dir: Path) -> None:
@@ -61,31 +57,10 @@ def test_re_exporting_a_checkpoint_gives_the_same_identities(split: dict[str, Pa
     assert int8.model_id == first.model_id and int8.bundle_id != first.bundle_id
 
 
-def _serve(bundle: Path, index: Path, port: int) -> subprocess.Popen[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CNCLIP_")}
-    command = [sys.executable, "-m", "cnclip.cli", "serve", "--bundle", str(bundle)]
-    command += ["--index", str(index), "--port", str(port), "--threads", "1"]
-    return subprocess.Popen(
-        [*command, "--log-level", "warning"], cwd=ROOT, env=env, stderr=subprocess.PIPE, text=True
-    )
-
-
 def test_the_int8_bundle_serves_the_index_of_the_fp32_bundle(split: dict[str, Path]) -> None:
-    port = free_port()
-    server = _serve(split["int8"], split["index"], port)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                ready = httpx.get(url + "/readyz")
-                if ready.status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert server.poll() is None, server.stderr.read() if server.stderr else ""
-            assert time.monotonic() < deadline, "cnclip serve did not become ready"
-            time.sleep(0.2)
+    args = ["--bundle", str(split["int8"]), "--index", str(split["index"]), "--threads", "1"]
+    with cnclip_serve([*args, "--log-level", "warning"]) as (url, server):
+        ready = httpx.get(url + "/readyz")
         int8 = BundleManifest.read(split["int8"])
         assert ready.json()["model_id"] == int8.model_id
         assert ready.json()["bundle_id"] == int8.bundle_id
@@ -95,9 +70,6 @@ def test_the_int8_bundle_serves_the_index_of_the_fp32_bundle(split: dict[str, Pa
         answer = httpx.post(url + "/v1/search/text", json={"query": queries()[0], "top_k": 3})
         assert answer.status_code == 200, answer.text
         assert len(answer.json()["items"]) == 3
-    finally:
-        server.terminate()
-        server.wait(30)
     stderr = server.stderr.read() if server.stderr else ""
     assert "same model, another bundle" in stderr and "int8 bundle" in stderr
 

@@ -1,4 +1,4 @@
-"""`cnclip embed` and `trainer.embed.embed` on tiny checkpoints, real photos and sentences."""
+"""`cnclip embed` and `model.embed.embed` on tiny checkpoints, real photos and sentences."""
 
 from __future__ import annotations
 
@@ -11,12 +11,12 @@ import pytest
 import torch
 
 from cnclip.cli import main
+from model.checkpoints import save_checkpoint
+from model.embed import embed
+from model.modeling import ChineseCLIP, build_model
 from runtime.images import PreprocessConfig, load_and_preprocess
 from runtime.tokenizer import default_tokenizer
 from tests.conftest import ROOT, tiny_config
-from trainer.checkpoints import save_checkpoint
-from trainer.embed import embed
-from trainer.model import ChineseCLIP, build_model
 
 TEXTS = ["红色的杯子", "蓝色的T恤 XL", "一个男人和一个女人穿着军装玩手机。"]
 

@@ -13,8 +13,8 @@ import pytest
 import yaml
 
 from cnclip.cli import main
+from model.checkpoints import load_checkpoint
 from tests.conftest import ROOT, tiny_config
-from trainer.checkpoints import load_checkpoint
 
 
 def _catalog(tmp_path: Path, data_dir: Path) -> Path:

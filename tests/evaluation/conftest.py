@@ -89,8 +89,8 @@ def mixed_dataset(directory: Path, split: str = "valid") -> Path:
 def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     import torch
 
-    from trainer.checkpoints import save_checkpoint
-    from trainer.model import build_model
+    from model.checkpoints import save_checkpoint
+    from model.modeling import build_model
 
     torch.manual_seed(0)
     path = tmp_path_factory.mktemp("eval") / "tiny.pt"
@@ -100,7 +100,7 @@ def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_bundle(tiny_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     from export.bundle import export_bundle
-    from trainer.checkpoints import load_model
+    from model.checkpoints import load_model
 
     path = tmp_path_factory.mktemp("eval") / "tiny-fp32"
     export_bundle(load_model(tiny_checkpoint), path, verify_data=data_root())

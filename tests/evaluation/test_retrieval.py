@@ -92,7 +92,7 @@ def test_predictions_are_the_official_ranking_of_the_embeddings(
 
 
 def test_lmdb_input_gives_the_same_results(tiny_bundle: Path, mixed: Path, tmp_path: Path) -> None:
-    from trainer.data.official import build_lmdb, close_lmdb
+    from sources.official import build_lmdb, close_lmdb
 
     model = open_model(tiny_bundle)
     from_tsv = evaluate_retrieval(model, load_retrieval_data(mixed, "valid"), progress=False)

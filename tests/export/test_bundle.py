@@ -15,10 +15,10 @@ import torch
 
 from export.bundle import export_bundle
 from export.verify import VerificationError, check_parity
+from model.modeling import build_model
 from runtime.bundle import BundleError, load_bundle
 from runtime.tokenizer import default_tokenizer
 from tests.conftest import ROOT, tiny_config
-from trainer.model import build_model
 
 PHOTO = "coco-photos/000000005082.jpg"
 
@@ -164,7 +164,7 @@ print(t.shape, i.shape, "torch" in sys.modules and sys.modules["torch"] is not N
 
 def test_cli_export_then_embed_with_the_bundle(tmp_path: Path, data_dir: Path) -> None:
     from cnclip.cli import main
-    from trainer.checkpoints import save_checkpoint
+    from model.checkpoints import save_checkpoint
 
     torch.manual_seed(0)
     model = build_model(tiny_config("vit"))

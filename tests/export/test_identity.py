@@ -10,12 +10,12 @@ import pytest
 import torch
 
 from export.bundle import export_bundle
+from model.identity import model_id
+from model.modeling import build_model
 from runtime.bundle import load_bundle
 from runtime.bundle_manifest import BundleManifest, bundle_ref
 from runtime.identity import ModelMismatchError, check_serves
 from tests.conftest import tiny_config
-from trainer.identity import model_id
-from trainer.model import build_model
 
 
 @pytest.fixture(scope="module")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import shutil
@@ -18,19 +19,19 @@ import torch
 
 from export.bundle import export_bundle
 from index.embed import (
-    CatalogItem,
+    CATALOG_FETCH,
     EmbeddedCatalog,
     _prefetch,
     embed_catalog,
     embed_texts,
     load_embeddings,
-    read_catalog,
 )
+from model.modeling import build_model
 from runtime.bundle import Bundle, load_bundle
 from runtime.errors import DataError
 from runtime.images import PreprocessConfig
+from sources.catalog import CatalogItem, read_catalog
 from tests.conftest import data_root, tiny_config
-from trainer.model import build_model
 
 SHARD = 4
 
@@ -138,49 +139,6 @@ def test_read_catalog_keeps_fields(catalog: tuple[Path, list[CatalogItem]]) -> N
     first = items[0]
     assert first.id == "p0" and first.image.startswith("imgs/")
     assert first.title == "照片 p0" and first.attributes == {"shop": 7}
-
-
-def write(tmp_path: Path, *lines: str) -> Path:
-    path = tmp_path / "bad.jsonl"
-    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    return path
-
-
-def test_read_catalog_refuses_duplicate_ids(tmp_path: Path) -> None:
-    path = write(
-        tmp_path,
-        '{"id": "a", "image": "a.jpg"}',
-        "",
-        '{"id": "b", "image": "b.jpg"}',
-        '{"id": "a", "image": "c.jpg"}',
-    )
-    with pytest.raises(DataError, match=r"bad\.jsonl:4: duplicate id 'a', first used at line 1"):
-        read_catalog(path)
-
-
-@pytest.mark.parametrize(
-    ("line", "problem"),
-    [
-        ('{"id": "b", "image": "b.jpg"', "invalid JSON"),
-        ('["b", "b.jpg"]', "expected a JSON object"),
-        ('{"image": "b.jpg"}', 'missing "id"'),
-        ('{"id": "", "image": "b.jpg"}', '"id" is empty'),
-        ('{"id": 7, "image": "b.jpg"}', '"id" must be a string'),
-        ('{"id": "b"}', 'missing "image"'),
-        ('{"id": "b\\nc", "image": "b.jpg"}', "line break"),
-        ('{"id": "b", "image": "b.jpg", "title": 3}', '"title" must be a string'),
-    ],
-)
-def test_read_catalog_names_line_and_problem(tmp_path: Path, line: str, problem: str) -> None:
-    path = write(tmp_path, '{"id": "a", "image": "a.jpg"}', "   ", line)
-    with pytest.raises(DataError, match=r"bad\.jsonl:3: ") as info:
-        read_catalog(path)
-    assert problem in str(info.value)
-
-
-def test_read_catalog_missing_file(tmp_path: Path) -> None:
-    with pytest.raises(DataError, match="cannot read the catalog"):
-        read_catalog(tmp_path / "nope.jsonl")
 
 
 # --------------------------------------------------------------------------- embedding
@@ -345,7 +303,14 @@ def test_http_images_are_downloaded(bundle: Bundle, photo_server: str, tmp_path:
         CatalogItem("gone", f"{photo_server}/no-such-photo.jpg"),
         CatalogItem("ftp", "ftp://example.invalid/a.jpg"),
     ]
-    result = embed_catalog(bundle, items, tmp_path / "work", base_dir=tmp_path, progress=False)
+    # The service's fetcher, SSRF guard on: a loopback image server is refused ...
+    guarded = embed_catalog(bundle, items, tmp_path / "guarded", base_dir=tmp_path, progress=False)
+    assert guarded.ids == [] and all("loopback" in r["error"] for r in guarded.rejects[:2])
+    # ... unless private hosts are allowed, as for an image host inside the network.
+    fetch = dataclasses.replace(CATALOG_FETCH, allow_private=True)
+    result = embed_catalog(
+        bundle, items, tmp_path / "work", base_dir=tmp_path, progress=False, fetch=fetch
+    )
     assert result.ids == ["web"]
     np.testing.assert_allclose(result.vectors[0], bundle.encode_images([shot])[0], atol=1e-5)
     errors = {r["id"]: r["error"] for r in result.rejects}

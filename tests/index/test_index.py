@@ -303,8 +303,8 @@ def test_cli_build_eval_remove_switch(tmp_path: Path, capsys: pytest.CaptureFixt
 
     from cnclip.cli import main
     from export.bundle import export_bundle
+    from model.modeling import build_model
     from tests.conftest import data_root, tiny_config
-    from trainer.model import build_model
 
     torch.manual_seed(0)
     bundle = tmp_path / "bundle"

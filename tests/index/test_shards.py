@@ -76,8 +76,8 @@ def test_cli_builds_lists_evaluates_and_changes_shards(
 
     from cnclip.cli import main
     from export.bundle import export_bundle
+    from model.modeling import build_model
     from tests.conftest import data_root, tiny_config
-    from trainer.model import build_model
 
     torch.manual_seed(0)
     bundle = tmp_path / "bundle"

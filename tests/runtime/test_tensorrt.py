@@ -474,8 +474,8 @@ def _cosines(a: npt.NDArray[Any], b: npt.NDArray[Any]) -> npt.NDArray[np.float64
 @pytest.fixture(scope="module")
 def towers(tmp_path_factory: pytest.TempPathFactory) -> tuple[Any, Path, Path]:
     from export.onnx_export import export_image, export_text
+    from model.modeling import build_model
     from tests.conftest import tiny_config
-    from trainer.model import build_model
 
     torch.manual_seed(0)
     model = build_model(tiny_config("vit")).eval()

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import socket
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -21,11 +23,11 @@ import yaml
 
 from export.bundle import export_bundle
 from index.build import Corpus, build_version
+from model.modeling import build_model
 from runtime.bundle import Bundle, load_bundle
 from service.app import create_app
 from service.settings import Settings
 from tests.conftest import data_root, tiny_config
-from trainer.model import build_model
 
 REDIS_URL = "redis://127.0.0.1:6379/15"
 
@@ -121,6 +123,36 @@ def running(settings: Settings) -> Iterator[str]:
     finally:
         server.should_exit = True
         thread.join(30)
+
+
+@contextmanager
+def cnclip_serve(
+    args: list[str], env: dict[str, str] | None = None
+) -> Iterator[tuple[str, subprocess.Popen[str]]]:
+    """``cnclip serve ARGS --port P`` in its own process (without the caller's CNCLIP_*
+    variables), once ``/readyz`` answers 200: yields its URL and the process, whose
+    standard error can be read after the block."""
+    port = free_port()
+    environment = env or {k: v for k, v in os.environ.items() if not k.startswith("CNCLIP_")}
+    command = [sys.executable, "-m", "cnclip.cli", "serve", *args, "--port", str(port)]
+    root = Path(__file__).resolve().parents[2]
+    server = subprocess.Popen(command, cwd=root, env=environment, stderr=subprocess.PIPE, text=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                if httpx.get(url + "/readyz").status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert server.poll() is None, server.stderr.read() if server.stderr else ""
+            assert time.monotonic() < deadline, "cnclip serve did not become ready"
+            time.sleep(0.2)
+        yield url, server
+    finally:
+        server.terminate()
+        server.wait(30)
 
 
 @contextmanager

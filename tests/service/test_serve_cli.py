@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,7 +13,7 @@ from cnclip.cli import main
 from index.build import Corpus, build_version
 from runtime.bundle import Bundle
 from runtime.identity import ModelRef
-from tests.service.conftest import free_port, photos
+from tests.service.conftest import cnclip_serve, photos
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -50,41 +47,11 @@ def test_mistakes_are_reported_before_serving(
 def test_two_workers_serve_and_add_up_their_metrics(
     bundle_dir: Path, index_root: Path, tmp_path: Path
 ) -> None:
-    port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("CNCLIP_")}
     env["PROMETHEUS_MULTIPROC_DIR"] = str(tmp_path / "metrics")
     (tmp_path / "metrics").mkdir()
-    command = [
-        sys.executable,
-        "-m",
-        "cnclip.cli",
-        "serve",
-        "--bundle",
-        str(bundle_dir),
-        "--index",
-        str(index_root),
-        "--port",
-        str(port),
-        "--workers",
-        "2",
-        "--threads",
-        "1",
-        "--log-level",
-        "warning",
-    ]
-    server = subprocess.Popen(command, cwd=ROOT, env=env, stderr=subprocess.PIPE, text=True)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                if httpx.get(url + "/readyz").status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert server.poll() is None, server.stderr.read() if server.stderr else ""
-            assert time.monotonic() < deadline, "cnclip serve did not become ready"
-            time.sleep(0.2)
+    args = ["--bundle", str(bundle_dir), "--index", str(index_root), "--workers", "2"]
+    with cnclip_serve([*args, "--threads", "1", "--log-level", "warning"], env) as (url, _):
         with httpx.Client(base_url=url) as c:  # new connections spread over the workers
             for i in range(20):
                 r = c.post(
@@ -92,9 +59,6 @@ def test_two_workers_serve_and_add_up_their_metrics(
                 )
                 assert r.status_code == 200
         text = httpx.get(url + "/metrics").text
-    finally:
-        server.terminate()
-        server.wait(30)
     line = next(
         x
         for x in text.splitlines()

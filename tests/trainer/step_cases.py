@@ -6,8 +6,8 @@ import dataclasses
 
 import torch
 
-from trainer.configs import ModelConfig, TextConfig, VisionConfig
-from trainer.model import ChineseCLIP, build_model
+from model.configs import ModelConfig, TextConfig, VisionConfig
+from model.modeling import ChineseCLIP, build_model
 from trainer.step import MicroBatch, StepOptions, TrainForward, train_step
 
 GLOBAL_BATCH = 8

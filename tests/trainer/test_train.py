@@ -11,16 +11,14 @@ import time
 from pathlib import Path
 from typing import Any
 
-import pytest
 import torch
 import yaml
 
-from runtime.errors import CheckpointError
+from model.checkpoints import load_checkpoint, save_checkpoint
+from model.modeling import build_model
 from tests.conftest import ROOT, official_kwargs, tiny_config
 from tests.official import official_clip
 from trainer import main
-from trainer.checkpoints import load_checkpoint, save_checkpoint
-from trainer.model import build_model
 
 
 def _write(path: Path, tree: dict[str, Any]) -> Path:
@@ -107,47 +105,6 @@ def test_trainer_checkpoints_load_in_the_official_code_and_ours(
         torch.testing.assert_close(ours.encode_text(ids, normalize=False), ref_txt)
     missing = set(official.state_dict()) - set(state)
     assert all(k.startswith("bert.pooler.") for k in missing)
-
-
-def test_towers_initialise_from_an_image_checkpoint_and_a_hf_bert(tmp_path: Path) -> None:
-    transformers = pytest.importorskip("transformers")
-    from trainer.init import build_initial_model
-    from trainer.run_config import ModelSection
-
-    cfg = tiny_config("vit")
-    torch.manual_seed(5)
-    source = build_model(cfg)
-    image_ckpt = save_checkpoint(source, tmp_path / "image.pt")
-    bert_cfg = transformers.BertConfig(
-        vocab_size=cfg.text.vocab_size,
-        hidden_size=cfg.text.hidden_size,
-        num_hidden_layers=cfg.text.layers,
-        num_attention_heads=cfg.text.heads,
-        intermediate_size=cfg.text.intermediate_size,
-    )
-    bert = transformers.BertModel(bert_cfg)  # with a pooler, which must be dropped
-    bert.save_pretrained(tmp_path / "roberta")
-    section = ModelSection(
-        config=cfg.to_dict(), init_image=str(image_ckpt), init_text=str(tmp_path / "roberta")
-    )
-    model, report = build_initial_model(section)
-    theirs = bert.state_dict()
-    assert torch.equal(
-        model.bert.encoder.layer[1].output.dense.weight,
-        theirs["encoder.layer.1.output.dense.weight"],
-    )
-    assert torch.equal(model.visual.proj, source.visual.proj)
-    assert not torch.equal(model.text_projection, source.text_projection)  # fresh
-    assert any(k.startswith("pooler.") for k in report.ignored)
-    assert not report.missing and not report.unexpected
-
-    # A BERT with fewer layers leaves weights missing: refused unless allowed.
-    small = transformers.BertModel(
-        bert_cfg.__class__(**{**bert_cfg.to_dict(), "num_hidden_layers": 1})
-    )
-    small.save_pretrained(tmp_path / "small")
-    with pytest.raises(CheckpointError, match="num_hidden_layers"):
-        build_initial_model(ModelSection(config=cfg.to_dict(), init_text=str(tmp_path / "small")))
 
 
 # ------------------------------------------------------------------- resume

@@ -18,9 +18,23 @@ with the same bit-exact table), after these random steps, in this order:
 6. normalisation by :func:`runtime.images.preprocess` (the image is already
    N x N, so its resize is a copy).
 
-The official Chinese-CLIP training (``use_augment``) crops with scale
-(0.9, 1.0), the default ratio (3/4, 4/3), bicubic interpolation and the
-"original" AutoAugment policy: ``AugmentConfig(autoaugment=True)``.
+The official Chinese-CLIP training (``use_augment``) builds timm's training transform:
+a random resized crop with scale (0.9, 1.0), the default ratio (3/4, 4/3) and bicubic
+interpolation, a horizontal flip with p = 0.5, then timm's "original" AutoAugment policy.
+``AugmentConfig(scale=(0.9, 1.0), hflip=0.5, autoaugment=True)`` (the MUGE finetuning
+recipe) takes the same steps with the same crop and flip, but it is **not** the same
+transform; the differences, all in AutoAugment:
+
+- uncovered pixels of shear, translate and rotate are grey (128, 128, 128) here, the
+  mean pixel of the normalisation (122, 117, 104) in timm;
+- those operations resample bilinearly here, bicubically in timm;
+- solarize and posterize follow the paper here (level 0 leaves the image unchanged,
+  level 10 is strongest: threshold 256..0, 8..4 bits); timm's "original" levels run the
+  other way (threshold 0..256, 4..8 bits), as the TensorFlow code it copies does;
+- translate moves by up to 150/331 of the side (101 px at 224) here, 0.45 of the
+  shorter side (100 px) in timm;
+- RGB conversion comes first here, after the crop and flip in the official code (the
+  same pixels for RGB inputs).
 
 Every random number comes from the ``numpy.random.Generator`` passed in, so the
 same generator state gives the same output, which exact resumption of training

@@ -40,7 +40,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from runtime.errors import CnClipError, DataError
 from runtime.images import DEFAULT_MAX_PIXELS, load_image
 from runtime.tokenizer import ChineseTokenizer
-from trainer.data.records import IndexedSource, Record, ShardedSource
+from sources.records import IndexedSource, Record, ShardedSource
 
 log = logging.getLogger(__name__)
 

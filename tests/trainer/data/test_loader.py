@@ -14,9 +14,9 @@ from PIL import Image
 from runtime.errors import DataError
 from runtime.images import PreprocessConfig, preprocess
 from runtime.tokenizer import default_tokenizer
+from sources.records import Record
+from sources.wds import WdsSource, write_wds
 from trainer.data.loader import Batch, LoaderState, PairStream, StreamSpec, build_loader
-from trainer.data.records import Record
-from trainer.data.wds import WdsSource, write_wds
 
 CORRUPT = {5, 17}
 

@@ -22,7 +22,7 @@ from collections.abc import Mapping
 from pathlib import Path, PurePosixPath
 
 from runtime.errors import DataError
-from trainer.data.records import Record
+from sources.records import Record
 
 log = logging.getLogger(__name__)
 

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from runtime.errors import ConfigError
+from runtime.tokenizer import CONTEXT_LENGTH
 
 VisionKind = Literal["vit", "resnet"]
 
@@ -107,7 +108,7 @@ class ModelConfig:
     embed_dim: int
     vision: VisionConfig
     text: TextConfig
-    context_length: int = 52
+    context_length: int = CONTEXT_LENGTH
 
     @property
     def struct_name(self) -> str:
@@ -129,7 +130,7 @@ class ModelConfig:
                 embed_dim=int(data["embed_dim"]),
                 vision=VisionConfig(**vision),
                 text=TextConfig(**data["text"]),
-                context_length=int(data.get("context_length", 52)),
+                context_length=int(data.get("context_length", CONTEXT_LENGTH)),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise ConfigError(f"invalid model config: {exc}") from exc

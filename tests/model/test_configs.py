@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from model.configs import ARCHITECTURES, ModelConfig, from_official_json, get_config
+from model.modeling import ChineseCLIP
 from runtime.errors import ConfigError
-from trainer.configs import ARCHITECTURES, ModelConfig, from_official_json, get_config
-from trainer.model import ChineseCLIP
 
 # Paper, Table 1 (millions of parameters).
 PAPER_PARAMS = {

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from trainer.configs import TextConfig
+from model.configs import TextConfig
 
 
 class BertEmbeddings(nn.Module):

@@ -13,8 +13,8 @@ import pytest
 from PIL import Image
 
 from runtime.errors import DataError
-from trainer.data.catalog import CatalogSource
-from trainer.data.records import IndexedSource
+from sources.catalog import CatalogSource
+from sources.records import IndexedSource
 
 
 def _write(path: Path, lines: list[Any]) -> Path:
@@ -78,7 +78,7 @@ def test_malformed_lines_are_skipped_and_counted(
         {"id": "bad-image", "image": 5, "title": "t"},
         {"id": True, "image": "x.jpg", "title": "bool id"},
     ]
-    with caplog.at_level(logging.WARNING, logger="trainer.data.catalog"):
+    with caplog.at_level(logging.WARNING, logger="sources.catalog"):
         catalog = CatalogSource(_write(tmp_path / "c.jsonl", lines))
     assert catalog.skipped == {"malformed_lines": 6}
     assert catalog.ids == ["ok"]

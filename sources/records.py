@@ -5,9 +5,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import shutil
-import sys
-import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -128,27 +125,3 @@ class ByteRangeFile:
 
     def __setstate__(self, state: dict[str, object]) -> None:
         self.__dict__.update(state)
-
-
-def show_progress(progress: bool) -> bool:
-    """Whether to draw tqdm bars: asked for, and standard error is a terminal."""
-    return progress and sys.stderr.isatty()
-
-
-def replace_directory(staging: Path, target: Path) -> None:
-    """Rename a complete ``staging`` directory to ``target``.
-
-    An existing non-empty ``target`` is moved aside first and deleted only once
-    the new one is in place, so a failure never leaves neither of them.
-    """
-    if not target.exists() or (target.is_dir() and not any(target.iterdir())):
-        os.replace(staging, target)
-        return
-    old = target.with_name(f".{target.name}.old-{uuid.uuid4().hex[:12]}")
-    os.replace(target, old)
-    try:
-        os.replace(staging, target)
-    except BaseException:
-        os.replace(old, target)
-        raise
-    shutil.rmtree(old, ignore_errors=True)

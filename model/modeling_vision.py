@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from trainer.configs import VisionConfig
+from model.configs import VisionConfig
 
 
 class LayerNorm(nn.LayerNorm):

@@ -9,7 +9,6 @@ either stops the run unless ``model.allow_missing`` is set.
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -17,11 +16,11 @@ from pathlib import Path
 
 import torch
 
+from model.checkpoints import load_checkpoint
+from model.configs import ModelConfig
+from model.hf import hf_text_weights
+from model.modeling import ChineseCLIP, build_model
 from runtime.errors import CheckpointError, ConfigError
-from trainer.checkpoints import StateDict, load_checkpoint, load_hf_weights
-from trainer.configs import ModelConfig, get_config
-from trainer.model import ChineseCLIP, build_model
-from trainer.run_config import ModelSection
 
 log = logging.getLogger(__name__)
 
@@ -37,13 +36,6 @@ class InitReport:
     missing: list[str] = field(default_factory=list)
     unexpected: list[str] = field(default_factory=list)
     ignored: list[str] = field(default_factory=list)
-
-
-def model_config(section: ModelSection) -> ModelConfig:
-    if section.arch is not None:
-        return get_config(section.arch)
-    assert section.config is not None  # checked by run_config
-    return ModelConfig.from_dict(section.config)
 
 
 def _load_into(
@@ -62,30 +54,6 @@ def _load_into(
     report.unexpected += list(result.unexpected_keys)
 
 
-def _hf_text_weights(path: Path) -> tuple[StateDict, dict[str, object]]:
-    """A Hugging Face BERT/RoBERTa (directory or weights file) as ``BertModel`` keys."""
-    directory = path if path.is_dir() else path.parent
-    config_path = directory / "config.json"
-    try:
-        hf_config = json.loads(config_path.read_text(encoding="utf-8"))
-    except FileNotFoundError as exc:
-        raise CheckpointError(
-            f"{directory}: no config.json (a Hugging Face BERT directory)"
-        ) from exc
-    except (OSError, json.JSONDecodeError) as exc:
-        raise CheckpointError(f"{config_path}: not readable JSON ({exc})") from exc
-    raw = load_hf_weights(directory)
-    state: StateDict = {}
-    for key, value in raw.items():
-        for prefix in ("bert.", "roberta.", "text_model."):
-            key = key.removeprefix(prefix)
-        key = key.replace("LayerNorm.gamma", "LayerNorm.weight").replace(
-            "LayerNorm.beta", "LayerNorm.bias"
-        )
-        state[key] = value
-    return state, hf_config
-
-
 def _check_text_config(model: ChineseCLIP, hf: dict[str, object], where: Path) -> None:
     text = model.config.text
     pairs = {
@@ -100,47 +68,56 @@ def _check_text_config(model: ChineseCLIP, hf: dict[str, object], where: Path) -
         raise CheckpointError(f"{where}: text tower does not fit the model: {', '.join(wrong)}")
 
 
-def build_initial_model(section: ModelSection) -> tuple[ChineseCLIP, InitReport]:
-    """The run's model with its starting weights (see the module docstring).
+def build_initial_model(
+    config: ModelConfig,
+    *,
+    init: str | None = None,
+    init_image: str | None = None,
+    init_text: str | None = None,
+    allow_missing: bool = False,
+    name: str = "config",
+) -> tuple[ChineseCLIP, InitReport]:
+    """A model of ``config`` with its starting weights (see the module docstring).
+
+    ``init``: a whole-model checkpoint; else ``init_image`` (a whole-model checkpoint
+    whose ``visual.*`` weights are taken) and/or ``init_text`` (a Hugging Face Chinese
+    BERT/RoBERTa); towers without weights start from the official random initialisation.
+    ``name`` is how messages call the architecture.
 
     Raises:
         CheckpointError: unreadable sources, shape mismatches, and missing or
             unexpected weights unless ``allow_missing``.
     """
-    config = model_config(section)
     report = InitReport()
-    if section.init:
-        loaded = load_checkpoint(section.init)
+    if init:
+        loaded = load_checkpoint(init)
         if not loaded.config.same_architecture(config):
-            raise ConfigError(
-                f"model.init {section.init} holds another architecture than model "
-                f"{section.arch or 'config'}"
-            )
+            raise ConfigError(f"model.init {init} holds another architecture than model {name}")
         model = build_model(config)
         model.load_state_dict(loaded.model.state_dict())
-        report.sources.append(f"whole model from {section.init} ({loaded.format})")
+        report.sources.append(f"whole model from {init} ({loaded.format})")
         return model, report
 
     model = build_model(config)
-    if section.init_image:
-        loaded = load_checkpoint(section.init_image)
+    if init_image:
+        loaded = load_checkpoint(init_image)
         visual = {
             k.removeprefix("visual."): v
             for k, v in loaded.model.state_dict().items()
             if k.startswith("visual.")
         }
-        _load_into(model.visual, visual, section.init_image, report)
-        report.sources.append(f"image tower from {section.init_image} ({loaded.format})")
-    if section.init_text:
-        path = Path(section.init_text)
-        state, hf_config = _hf_text_weights(path)
+        _load_into(model.visual, visual, init_image, report)
+        report.sources.append(f"image tower from {init_image} ({loaded.format})")
+    if init_text:
+        path = Path(init_text)
+        state, hf_config = hf_text_weights(path)
         _check_text_config(model, hf_config, path)
         kept = {k: v for k, v in state.items() if not k.startswith(_IGNORED_TEXT_PREFIXES)}
         kept = {k: v for k, v in kept.items() if not k.endswith(("position_ids", "token_type_ids"))}
         report.ignored += sorted(set(state) - set(kept))
-        _load_into(model.bert, kept, section.init_text, report)
-        report.sources.append(f"text tower from {section.init_text} (Hugging Face BERT)")
-    if (report.missing or report.unexpected) and not section.allow_missing:
+        _load_into(model.bert, kept, init_text, report)
+        report.sources.append(f"text tower from {init_text} (Hugging Face BERT)")
+    if (report.missing or report.unexpected) and not allow_missing:
         parts = []
         if report.missing:
             parts.append(f"missing {len(report.missing)}: {', '.join(report.missing[:5])}")

@@ -11,8 +11,8 @@ import pytest
 from PIL import Image
 
 from runtime.errors import DataError
-from trainer.data.imagefolder import ImageFolderSource
-from trainer.data.records import IndexedSource
+from sources.imagefolder import ImageFolderSource
+from sources.records import IndexedSource
 
 CIFAR_CLASSES = [
     "airplane",

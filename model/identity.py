@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from trainer.model import ChineseCLIP
+from model.modeling import ChineseCLIP
 
 SCHEME = b"cnclip-model-id/1\n"
 

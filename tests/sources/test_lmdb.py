@@ -19,10 +19,10 @@ import torch
 from PIL import Image
 
 from runtime.errors import DataError
+from sources import official
+from sources.official import LmdbSource, OfficialSource, build_lmdb, unpickle_pair
 from tests.official import official_clip, official_training_data
-from tests.trainer.data.conftest import MessySplit
-from trainer.data import official
-from trainer.data.official import LmdbSource, OfficialSource, build_lmdb, unpickle_pair
+from tests.sources.conftest import MessySplit
 
 
 def _dump(path: Path) -> list[tuple[bytes, bytes]]:

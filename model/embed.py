@@ -1,6 +1,6 @@
 """Embed texts and images with a PyTorch checkpoint: the engine of ``cnclip embed``.
 
->>> from trainer.embed import embed
+>>> from model.embed import embed
 >>> vectors = embed("clip_cn_vit-b-16.pt", texts=["红色的杯子", "蓝色的T恤"])
 >>> vectors.shape, vectors.dtype
 ((2, 512), dtype('float32'))
@@ -26,12 +26,14 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
+from model.checkpoints import load_checkpoint
+from model.configs import get_config
+from model.modeling import ChineseCLIP
+from runtime.devices import parse_device
 from runtime.errors import CnClipError
+from runtime.files import progress_disabled
 from runtime.images import DEFAULT_MAX_PIXELS, PreprocessConfig, load_and_preprocess, preprocess
 from runtime.tokenizer import ChineseTokenizer, default_tokenizer
-from trainer.checkpoints import load_checkpoint
-from trainer.configs import get_config
-from trainer.model import ChineseCLIP
 
 log = logging.getLogger(__name__)
 
@@ -43,15 +45,17 @@ DEFAULT_IMAGE_BATCH = 16
 
 
 def resolve_device(device: str | torch.device) -> torch.device:
-    """``"cpu"``, ``"cuda"`` or ``"cuda:N"``, checked against what this machine has.
+    """``"cpu"``, ``"cuda"`` or ``"cuda:N"`` (:func:`runtime.devices.parse_device`), checked
+    against what this machine has.
 
     Raises:
         CnClipError: for an unknown device or a CUDA device PyTorch cannot see.
     """
-    try:
-        resolved = torch.device(device)
-    except RuntimeError as exc:
-        raise CnClipError(f"unknown device {device!r}: use cpu, cuda or cuda:N") from exc
+    if isinstance(device, torch.device):
+        resolved = device
+    else:
+        parsed = parse_device(device)
+        resolved = torch.device(str(parsed))
     if resolved.type == "cuda":
         if not torch.cuda.is_available():
             raise CnClipError(
@@ -101,7 +105,7 @@ class Embedder:
         device: str | torch.device = "cpu",
         max_pixels: int = DEFAULT_MAX_PIXELS,
     ) -> Embedder:
-        """Load any checkpoint format (see :func:`trainer.checkpoints.load_checkpoint`)."""
+        """Load any checkpoint format (see :func:`model.checkpoints.load_checkpoint`)."""
         resolved = resolve_device(device)  # fail before reading gigabytes
         loaded = load_checkpoint(path, arch, device="cpu")
         return cls(loaded.model, device=resolved, max_pixels=max_pixels)
@@ -111,7 +115,7 @@ class Embedder:
         return self.model.config.embed_dim
 
     def _progress(self, total: int, unit: str, enabled: bool) -> tqdm[Any]:
-        return tqdm(total=total, unit=unit, disable=not enabled, dynamic_ncols=True)
+        return tqdm(total=total, unit=unit, disable=progress_disabled(enabled), dynamic_ncols=True)
 
     def embed_texts(
         self,

@@ -32,12 +32,13 @@ from typing import IO, Any
 from tqdm import tqdm
 
 from runtime.errors import DataError
-from trainer.data.records import Record, replace_directory, show_progress
+from runtime.files import progress_disabled, replace_directory, write_atomically
+from runtime.manifests import MANIFEST
+from sources.records import Record
 
 log = logging.getLogger(__name__)
 
 PathLike = str | os.PathLike[str]
-MANIFEST = "manifest.json"
 FORMAT, VERSION = "cnclip-wds", 1
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp", "gif", "bmp", "img")
 _KEY_WIDTH = 9
@@ -111,9 +112,7 @@ class _ShardWriter:
 
 
 def _write_json_atomic(path: Path, obj: object) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(obj, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    write_atomically(path, (json.dumps(obj, indent=2, ensure_ascii=False) + "\n").encode())
 
 
 def write_wds(
@@ -147,7 +146,7 @@ def write_wds(
     writer = _ShardWriter(staging, prefix, samples_per_shard)
     try:
         num_samples = 0
-        bar = tqdm(records, total=total, desc="samples", disable=not show_progress(progress))
+        bar = tqdm(records, total=total, desc="samples", disable=progress_disabled(progress))
         with bar:
             for record in bar:
                 writer.write(f"{num_samples:0{_KEY_WIDTH}d}", record)

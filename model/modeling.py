@@ -12,9 +12,9 @@ import math
 import torch
 from torch import nn
 
-from trainer.configs import ModelConfig
-from trainer.modeling_text import BertModel
-from trainer.modeling_vision import ModifiedResNet, build_vision_tower
+from model.configs import ModelConfig
+from model.modeling_text import BertModel
+from model.modeling_vision import ModifiedResNet, build_vision_tower
 
 
 class ChineseCLIP(nn.Module):

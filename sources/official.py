@@ -40,12 +40,11 @@ from typing import Any, NamedTuple, TypeGuard
 from tqdm import tqdm
 
 from runtime.errors import DataError
-from trainer.data.records import (
+from runtime.files import progress_disabled, replace_directory
+from sources.records import (
     ByteRangeFile,
     Record,
     SkipCounter,
-    replace_directory,
-    show_progress,
 )
 
 log = logging.getLogger(__name__)
@@ -522,7 +521,9 @@ def _write_lmdb(path: Path, every: int, fill: Any) -> int:
 
 def _bar(path: Path, desc: str, progress: bool) -> tqdm[Any]:
     total = path.stat().st_size
-    return tqdm(total=total, desc=desc, unit="B", unit_scale=True, disable=not progress)
+    return tqdm(
+        total=total, desc=desc, unit="B", unit_scale=True, disable=progress_disabled(progress)
+    )
 
 
 def _build_split(tsv: Path, jsonl: Path, tmp: Path, split: str, progress: bool) -> LmdbSplitSummary:
@@ -605,7 +606,7 @@ def build_lmdb(
     for name in names:
         tmp = Path(tempfile.mkdtemp(prefix=f".{name}.building-", dir=out))
         try:
-            built = _build_split(*inputs[name], tmp, name, show_progress(progress))
+            built = _build_split(*inputs[name], tmp, name, progress)
             replace_directory(tmp, out / name)
         except (OSError, lmdb.Error) as e:
             shutil.rmtree(tmp, ignore_errors=True)

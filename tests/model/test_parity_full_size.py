@@ -25,13 +25,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from model.checkpoints import load_checkpoint, save_checkpoint
+from model.configs import get_config
+from model.modeling import ChineseCLIP, build_model
 from runtime.images import PreprocessConfig, load_and_preprocess
 from runtime.tokenizer import default_tokenizer
 from tests.hf_reference import save_as_hf, to_hf_model
 from tests.official import official_clip
-from trainer.checkpoints import load_checkpoint, save_checkpoint
-from trainer.configs import get_config
-from trainer.model import ChineseCLIP, build_model
 
 pytestmark = pytest.mark.slow
 

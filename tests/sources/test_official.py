@@ -13,9 +13,9 @@ import pytest
 from PIL import Image
 
 from runtime.errors import DataError
-from tests.trainer.data.conftest import MessySplit, jsonl_lines, tsv_lines
-from trainer.data.official import OfficialSource, decode_base64_image
-from trainer.data.records import IndexedSource
+from sources.official import OfficialSource, decode_base64_image
+from sources.records import IndexedSource
+from tests.sources.conftest import MessySplit, jsonl_lines, tsv_lines
 
 
 def test_pairs_follow_text_then_image_id_order(muge: Path) -> None:
@@ -58,7 +58,7 @@ def test_records_hold_the_decoded_tsv_images(muge: Path) -> None:
 def test_malformed_lines_are_skipped_and_counted(
     messy: MessySplit, muge: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    with caplog.at_level(logging.WARNING, logger="trainer.data.official"):
+    with caplog.at_level(logging.WARNING, logger="sources.official"):
         source = OfficialSource(messy.directory, messy.split)
     assert source.skipped == messy.skipped
     assert [(source.get(i).key, source.get(i).text) for i in range(len(source))] == messy.pairs

@@ -9,18 +9,14 @@ from pathlib import Path
 import pytest
 import torch
 
+from model.checkpoints import infer_config, load_checkpoint, save_checkpoint
+from model.configs import get_config
+from model.hf import hf_to_official
+from model.modeling import ChineseCLIP, build_model
 from runtime.errors import CheckpointError, ConfigError
 from tests.conftest import official_kwargs, tiny_config
 from tests.hf_reference import save_as_hf
 from tests.official import official_clip
-from trainer.checkpoints import (
-    hf_to_official,
-    infer_config,
-    load_checkpoint,
-    save_checkpoint,
-)
-from trainer.configs import get_config
-from trainer.model import ChineseCLIP, build_model
 
 IDS = torch.tensor([[101, 2769, 4263, 1266, 776, 102], [101, 3173, 1921, 102, 0, 0]])
 

@@ -8,9 +8,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from model.modeling import ChineseCLIP, build_model
 from tests.conftest import official_kwargs, tiny_config
 from tests.official import official_clip
-from trainer.model import ChineseCLIP, build_model
 
 IDS = torch.tensor(
     [
@@ -94,8 +94,8 @@ def test_gradient_checkpointing_per_tower_keeps_gradients(
         used.append(type(fn).__name__)
         return real(fn, *args, **kwargs)  # type: ignore[arg-type]
 
-    monkeypatch.setattr("trainer.modeling_vision.checkpoint", spy)
-    monkeypatch.setattr("trainer.modeling_text.checkpoint", spy)
+    monkeypatch.setattr("model.modeling_vision.checkpoint", spy)
+    monkeypatch.setattr("model.modeling_text.checkpoint", spy)
     expected = _step(plain, family)
     got = _step(ckpt, family)
     assert used, "checkpointing was switched on but not used"

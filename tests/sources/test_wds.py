@@ -13,9 +13,9 @@ import pytest
 from PIL import Image
 
 from runtime.errors import DataError
-from trainer.data.official import OfficialSource
-from trainer.data.records import Record, ShardedSource
-from trainer.data.wds import WdsSource, image_extension, write_wds
+from sources.official import OfficialSource
+from sources.records import Record, ShardedSource
+from sources.wds import WdsSource, image_extension, write_wds
 
 
 def _encoded(fmt: str) -> bytes:
@@ -167,7 +167,7 @@ def test_truncated_and_garbage_tars_end_the_shard_without_raising(
     data = shard.read_bytes()
     shard.write_bytes(data[: len(data) // 2])
     source = WdsSource(out)
-    with caplog.at_level(logging.WARNING, logger="trainer.data.wds"):
+    with caplog.at_level(logging.WARNING, logger="sources.wds"):
         got = list(source.read_shard(0))
     assert 0 < len(got) < 5
     assert got == records[: len(got)]

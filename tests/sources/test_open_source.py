@@ -7,12 +7,12 @@ from pathlib import Path
 import pytest
 
 from runtime.errors import DataError
-from trainer.data import SOURCE_KINDS, open_source
-from trainer.data.catalog import CatalogSource
-from trainer.data.imagefolder import ImageFolderSource
-from trainer.data.official import LmdbSource, OfficialSource, build_lmdb
-from trainer.data.records import Record
-from trainer.data.wds import WdsSource, write_wds
+from sources import SOURCE_KINDS, open_source
+from sources.catalog import CatalogSource
+from sources.imagefolder import ImageFolderSource
+from sources.official import LmdbSource, OfficialSource, build_lmdb
+from sources.records import Record
+from sources.wds import WdsSource, write_wds
 
 
 def test_every_kind_opens_its_reader(tmp_path: Path, muge: Path, data_dir: Path) -> None:
