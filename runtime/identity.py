@@ -114,8 +114,9 @@ def check_serves(built: ModelRef, serving: ModelRef, where: object) -> str | Non
     Same model id: yes; when the bundles differ (another precision or backend of the same
     weights) the returned note names both with the parity each measured at export, for
     the caller to log or print. Different model ids, or (for format-1 artifacts)
-    different bundle files: a :class:`ModelMismatchError` whose one line says what to do. An index that records no
-    model at all (built from bare embeddings) is accepted with a note.
+    different bundle files: a :class:`ModelMismatchError` whose one line says what to do.
+    An index that records no model at all (built from bare embeddings) is accepted with
+    a note.
     """
     if built.model_id is not None and serving.model_id is not None:
         if built.model_id != serving.model_id:
