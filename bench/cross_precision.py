@@ -178,20 +178,22 @@ def main() -> int:
     for source, texts in queries().items():
         for precision in PRECISIONS:
             report = cross_precision(root, loaded[precision], reference=loaded["fp32"], texts=texts)
-            rows.append({**report, "source": source, "precision": precision})
+            rows.append({**report, "source": source, "bundle_precision": precision})
             print(json.dumps(rows[-1], ensure_ascii=False)[:400], flush=True)
     lines = [
         "# int8 and fp16 queries against an index built with the fp32 bundle "
         f"({manifest.count:,} items)",
         "",
-        f"- command: `.venv/bin/python bench/cross_precision.py --items {args.items}`",
+        f"- command: `.venv/bin/python bench/cross_precision.py --items {args.items}"
+        f"{' --reuse' if args.reuse else ''}`",
         f"- machine: {describe()}",
         f"- date: {datetime.date.today().isoformat()}",
         f"- model: the tiny CIFAR-10 recipe's `{ckpt.relative_to(ROOT)}` "
         f"(embedding size {manifest.dim}), bundles exported here",
         f"- index: `{manifest.factory}`, tuned setting {dict(manifest.search)}, "
         f"R@10 at build {manifest.chosen.get('R@10', 1.0):.3f}",
-        f"- whole run: {(time.perf_counter() - started) / 60:.1f} min",
+        f"- whole run: {(time.perf_counter() - started) / 60:.1f} min"
+        + (" (bundles, embeddings and index reused from an earlier run)" if args.reuse else ""),
         "",
         "10-recall@10 (R@1 in brackets) of each bundle's text queries; truth is exact search "
         "of the fp32 bundle's queries over the stored fp32 vectors.",
@@ -208,7 +210,7 @@ def main() -> int:
 
         cos = row["query_cosine"]
         lines.append(
-            f"| {row['source']}, {row['queries']} | {row['precision']} | {cos['min']:.5f} / "
+            f"| {row['source']}, {row['queries']} | {row['bundle_precision']} | {cos['min']:.5f} / "
             f"{cos['mean']:.5f} | {cell('ann')} | {cell('precision')} | {cell('total')} |"
         )
     lines += [
