@@ -15,7 +15,7 @@ from typing import Any
 
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
-    """A unique temporary path beside ``path`` (``.{name}.XXXX.tmp``) to write in full;
+    """A unique temporary path beside ``path`` (``.{name}.<random>.tmp``) to write in full;
     when the block ends it is synced and renamed over ``path``, and the directory synced,
     so that readers see the old file or the new one and the rename survives a crash. On
     any failure the temporary file is removed and ``path`` is left as it was."""

@@ -131,6 +131,26 @@ def test_the_serving_path_needs_no_torch() -> None:
     assert subprocess.run([sys.executable, "-c", code], cwd=ROOT).returncode == 0
 
 
+def test_the_serving_images_copy_every_package_the_serving_path_imports() -> None:
+    code = (
+        "import sys, pathlib; import service.app, service.ui, index, cnclip.cli\n"
+        "cnclip.cli.build_parser()\n"
+        f"root = pathlib.Path({str(ROOT)!r})\n"
+        "files = [pathlib.Path(getattr(m, '__file__', None) or '/')\n"
+        "         for m in list(sys.modules.values())]\n"
+        "ours = {f.relative_to(root).parts[0] for f in files if f.is_relative_to(root)}\n"
+        "print(' '.join(sorted(p for p in ours if (root / p / '__init__.py').is_file())))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    needed = set(result.stdout.split())
+    assert {"service", "index", "runtime", "cnclip"} <= needed
+    for name in ("Dockerfile.serve", "Dockerfile.gpu"):
+        text = (ROOT / "deploy" / name).read_text(encoding="utf-8")
+        copied = set(re.findall(r"^COPY (?!--from)(\S+)", text, flags=re.M))
+        assert needed <= copied, f"{name} does not copy {sorted(needed - copied)}"
+
+
 @pytest.mark.parametrize("name", ["Dockerfile.serve", "Dockerfile.gpu", "Dockerfile.train"])
 def test_images_run_as_a_user_and_check_health(name: str) -> None:
     text = (ROOT / "deploy" / name).read_text(encoding="utf-8")
