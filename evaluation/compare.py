@@ -128,7 +128,7 @@ def run_retrieval(
         report["index"] = str(index)
     try:
         for model, label in _models(specs):
-            _warn_if_checkpoint(catalog, model)
+            _check_checkpoint_against(catalog, model)
             run = evaluate_retrieval(
                 model,
                 data,
@@ -172,13 +172,22 @@ def _check_bundles_against(catalog: Any, specs: Sequence[ModelSpec]) -> None:
                 log.info(note)
 
 
-def _warn_if_checkpoint(catalog: Any, model: Any) -> None:
-    """Bundles were checked against the index already; a checkpoint cannot be."""
-    if catalog is not None and model.info.kind == "checkpoint":
+def _check_checkpoint_against(catalog: Any, model: Any) -> None:
+    """A checkpoint against the index, by its model id, before it is evaluated (bundles
+    were checked before any model was). An index written before model ids cannot be
+    checked against a checkpoint: warned about."""
+    if catalog is None or model.info.kind != "checkpoint":
+        return
+    from runtime.identity import check_serves
+
+    if catalog.model.model_id is None:
         log.warning(
-            "%s: a checkpoint; cannot check that the index was built with the same weights",
+            "%s: a checkpoint, and the index predates model ids; cannot check that it was "
+            "built with the same weights",
             model.info.label,
         )
+        return
+    check_serves(catalog.model, model.identity, "the index (--index)")
 
 
 def run_zeroshot(

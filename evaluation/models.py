@@ -19,6 +19,7 @@ import numpy.typing as npt
 
 from runtime.bundle_manifest import is_bundle
 from runtime.errors import CnClipError
+from runtime.identity import ModelRef
 from runtime.images import PreprocessConfig
 from runtime.retrieval import normalize
 from runtime.tokenizer import ChineseTokenizer
@@ -139,10 +140,22 @@ class CheckpointModel:
             backend=f"torch-{self.device.type}",
             details={"checkpoint_format": loaded.format},
         )
+        self._identity: ModelRef | None = None
 
     @property
     def info(self) -> ModelInfo:
         return self._info
+
+    @property
+    def identity(self) -> ModelRef:
+        """The checkpoint's model id (:mod:`model.identity`), the one its bundles carry;
+        computed from the weights on first use."""
+        if self._identity is None:
+            from model.identity import model_id
+
+            digest = model_id(self.model, vocab_sha256=self._tokenizer.vocab_sha256)
+            self._identity = ModelRef(model_id=digest, precision="fp32")
+        return self._identity
 
     @property
     def tokenizer(self) -> ChineseTokenizer:

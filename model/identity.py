@@ -18,16 +18,26 @@ from typing import Any
 import torch
 
 from model.modeling import ChineseCLIP
+from runtime.bundle_manifest import ImageSpec
+from runtime.images import PreprocessConfig
 
 SCHEME = b"cnclip-model-id/1\n"
 
 
-def model_id(model: ChineseCLIP, *, vocab_sha256: str, image: Mapping[str, Any]) -> str:
+def model_id(
+    model: ChineseCLIP, *, vocab_sha256: str, image: Mapping[str, Any] | None = None
+) -> str:
     """The sha256 hex digest naming ``model``'s embedding space.
 
     ``vocab_sha256``: the tokenizer vocabulary's digest; ``image``: the preprocessing
-    (size, resize, mean, std) as the bundle manifest records it.
+    (size, resize, mean, std) as the bundle manifest records it; by default the official
+    preprocessing at the model's image size, the one every bundle is exported with, so a
+    checkpoint and its bundles get the same id.
     """
+    if image is None:
+        preprocess = PreprocessConfig(image_size=model.config.vision.image_size)
+        spec = ImageSpec(size=preprocess.image_size, mean=preprocess.mean, std=preprocess.std)
+        image = spec.to_dict()
     config = model.config.to_dict()
     config.pop("name", None)
     head = {"config": config, "vocab_sha256": vocab_sha256, "image": dict(image)}

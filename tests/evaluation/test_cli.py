@@ -146,3 +146,39 @@ def test_an_index_of_another_bundle_is_refused_before_any_work(
     assert main([*args, "--no-progress"]) == 2
     assert "built with model 000000000000" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
+
+
+def test_a_checkpoint_is_checked_against_the_index_by_its_model_id(
+    tiny_checkpoint: Path,
+    tiny_bundle: Path,
+    data_dir: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from evaluation.models import open_model
+    from evaluation.retrieval import load_retrieval_data
+    from index.build import Corpus, build_version
+    from runtime.bundle import load_bundle
+
+    # The checkpoint's model id is the one its bundle carries.
+    bundle = load_bundle(tiny_bundle)
+    assert open_model(tiny_checkpoint).identity.model_id == bundle.identity.model_id  # type: ignore[attr-defined]
+    data = load_retrieval_data(data_dir / "muge-sample", "valid")
+    vectors = bundle.encode_images([data.read(i) for i in range(len(data.image_ids))])
+    ids = list(data.image_ids)
+    data.close()
+    base = ["eval", "retrieval", "--model", str(tiny_checkpoint), "--no-progress"]
+    base += ["--data", str(data_dir / "muge-sample"), "--direction", "t2i"]
+    ours = build_version(
+        tmp_path / "ours", Corpus(vectors, ids), model=bundle.identity, factory="Flat",
+        progress=False,
+    )  # fmt: skip
+    assert main([*base, "--index", str(ours), "--out", str(tmp_path / "a")]) == 0
+    assert "cannot check" not in capsys.readouterr().err
+    other = ModelRef(model_id="0" * 64, bundle_id="1" * 64)
+    theirs = build_version(
+        tmp_path / "theirs", Corpus(vectors, ids), model=other, factory="Flat", progress=False
+    )
+    assert main([*base, "--index", str(theirs), "--out", str(tmp_path / "b")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "built with model 000000000000" in err and len(err.splitlines()) == 1
