@@ -161,12 +161,11 @@ def run_retrieval(
 
 def _check_bundles_against(catalog: Any, specs: Sequence[ModelSpec]) -> None:
     """Refuse bundles of another model than the index's, before spending time on any."""
-    from runtime.bundle_manifest import bundle_ref
+    from runtime.bundle_manifest import bundle_ref, is_bundle
     from runtime.identity import check_serves
-    from runtime.manifests import MANIFEST
 
     for spec in specs:
-        if (Path(spec.path) / MANIFEST).is_file():
+        if is_bundle(spec.path):
             note = check_serves(catalog.model, bundle_ref(spec.path), "the index (--index)")
             if note:
                 log.info(note)

@@ -82,7 +82,7 @@ class Bundle:
     @property
     def bundle_id(self) -> str:
         """The bundle's content identity (:mod:`runtime.identity`): cache keys, metrics."""
-        return self.manifest.bundle_id
+        return self.manifest.bundle_id  # computed once per manifest
 
     def encode_token_ids(self, ids: npt.NDArray[np.int64]) -> npt.NDArray[np.float32]:
         return self.text_session.run(np.ascontiguousarray(ids, dtype=np.int64))

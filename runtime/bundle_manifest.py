@@ -7,6 +7,7 @@ Format 2 adds ``model_id`` (:mod:`runtime.identity`); format-1 manifests still l
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -142,9 +143,10 @@ class BundleManifest:
 
     # -- identity -----------------------------------------------------------------------
 
-    @property
+    @functools.cached_property
     def bundle_id(self) -> str:
-        """The content identity: the same files and settings give the same id."""
+        """The content identity: the same files and settings give the same id (computed
+        once: cache keys use it on every request)."""
         return content_sha256(self.to_dict(), exclude=VOLATILE)
 
     def ref(self, file_sha256: str | None = None) -> ModelRef:

@@ -129,6 +129,20 @@ def _next_hop(url: str, response: httpx.Response) -> str | None:
     return None
 
 
+def _unresolved(host: str, exc: BaseException) -> FetchError:
+    return _failed(f"cannot resolve image URL host {host!r}: {exc}")
+
+
+def _append(body: bytearray, chunk: bytes, policy: FetchPolicy) -> None:
+    body += chunk
+    if len(body) > policy.max_bytes:
+        raise _too_large(policy.max_bytes)
+
+
+# What a failing request raises; a TransportError (connection, read) may be retried.
+_CLIENT_ERRORS = (httpx.HTTPError, httpx.InvalidURL, httpx.StreamError, UnicodeError)
+
+
 def _client_error(exc: Exception) -> FetchError:
     transient = isinstance(exc, httpx.TransportError)
     return _failed(f"cannot fetch the image URL: {exc}", transient=transient)
@@ -168,7 +182,7 @@ def _fetch_once(url: str, policy: FetchPolicy, http: httpx.Client, deadline: flo
             try:
                 infos = socket.getaddrinfo(*target, type=socket.SOCK_STREAM)
             except (OSError, UnicodeError) as exc:
-                raise _failed(f"cannot resolve image URL host {target[0]!r}: {exc}") from None
+                raise _unresolved(target[0], exc) from None
             _check_addresses(target[0], infos)
         try:
             with http.stream("GET", url, follow_redirects=False) as response:
@@ -179,13 +193,11 @@ def _fetch_once(url: str, policy: FetchPolicy, http: httpx.Client, deadline: flo
                 _status(response, policy)
                 body = bytearray()
                 for chunk in response.iter_bytes():
-                    body += chunk
-                    if len(body) > policy.max_bytes:
-                        raise _too_large(policy.max_bytes)
+                    _append(body, chunk, policy)
                     if time.monotonic() > deadline:
                         raise _failed(f"fetching the image took over {policy.timeout_s} s")
                 return bytes(body)
-        except (httpx.HTTPError, httpx.InvalidURL, httpx.StreamError, UnicodeError) as exc:
+        except _CLIENT_ERRORS as exc:
             raise _client_error(exc) from None
     raise _failed(f"over {policy.max_redirects} redirects")
 
@@ -216,7 +228,7 @@ async def _fetch_once_async(url: str, policy: FetchPolicy, http: httpx.AsyncClie
             try:
                 infos = await loop.getaddrinfo(*target, type=socket.SOCK_STREAM)
             except (OSError, UnicodeError) as exc:
-                raise _failed(f"cannot resolve image URL host {target[0]!r}: {exc}") from None
+                raise _unresolved(target[0], exc) from None
             _check_addresses(target[0], infos)
         try:
             async with http.stream("GET", url, follow_redirects=False) as response:
@@ -227,10 +239,8 @@ async def _fetch_once_async(url: str, policy: FetchPolicy, http: httpx.AsyncClie
                 _status(response, policy)
                 body = bytearray()
                 async for chunk in response.aiter_bytes():
-                    body += chunk
-                    if len(body) > policy.max_bytes:
-                        raise _too_large(policy.max_bytes)
+                    _append(body, chunk, policy)
                 return bytes(body)
-        except (httpx.HTTPError, httpx.InvalidURL, httpx.StreamError, UnicodeError) as exc:
+        except _CLIENT_ERRORS as exc:
             raise _client_error(exc) from None
     raise _failed(f"over {policy.max_redirects} redirects")
