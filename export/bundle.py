@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import datetime
 import shutil
-import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -36,7 +35,7 @@ from model.identity import model_id
 from model.modeling import ChineseCLIP
 from runtime.bundle_manifest import BundleManifest, FileRef, ImageSpec, TowerSpec
 from runtime.errors import ConfigError, DataError
-from runtime.files import file_sha256, replace_directory
+from runtime.files import file_sha256, replace_directory, staging_directory
 from runtime.images import PreprocessConfig
 from runtime.sessions import BackendOptions, EncoderSession, open_session
 from runtime.tokenizer import ChineseTokenizer
@@ -239,7 +238,7 @@ def export_bundle(
     image_config = PreprocessConfig(image_size=model.config.vision.image_size)
     data = verification_set(captions, photos, tokenizer, image_config)
     target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    staging = staging_directory(target.parent, f".{target.name}.")
     try:
         files = {"text": staging / "text.onnx", "image": staging / "image.onnx"}
         fp32 = (

@@ -26,7 +26,6 @@ import datetime
 import os
 import re
 import shutil
-import tempfile
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -34,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from runtime.errors import CnClipError
-from runtime.files import sync_directory, write_atomically
+from runtime.files import staging_directory, sync_directory, write_atomically
 from runtime.identity import ModelRef
 from runtime.manifests import MANIFEST, read_json, write_json
 
@@ -214,7 +213,7 @@ def new_version(root: Path) -> Iterator[tuple[Path, str]]:
     """A staging directory for the next version; renamed to ``vNNNN`` when the block ends
     without an exception, removed otherwise."""
     root.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=root))
+    staging = staging_directory(root, ".staging-")
     existing = versions(root)
     number = int(existing[-1][1:]) + 1 if existing else 1
     name = f"v{number:04d}"

@@ -25,6 +25,7 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     os.close(fd)
     tmp = Path(name)
     try:
+        os.chmod(tmp, 0o666 & ~current_umask())  # mkstemp's 0600 would lock out other users
         yield tmp
         with tmp.open("rb") as handle:
             os.fsync(handle.fileno())
@@ -34,6 +35,28 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
             tmp.unlink()
         raise
     sync_directory(target.parent)
+
+
+def current_umask() -> int:
+    """The process's umask (read without changing it where /proc tells it)."""
+    with contextlib.suppress(OSError, ValueError):
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def staging_directory(parent: str | os.PathLike[str], prefix: str) -> Path:
+    """A new empty directory in ``parent`` (created if missing) to fill and then rename
+    into place (:func:`replace_directory`), with the permissions of any new directory
+    (``0777`` less the umask), not ``mkdtemp``'s ``0700``: a bundle or an index version
+    written by one user is served by another (a container's, for one)."""
+    Path(parent).mkdir(parents=True, exist_ok=True)
+    path = Path(tempfile.mkdtemp(prefix=prefix, dir=parent))
+    os.chmod(path, 0o777 & ~current_umask())
+    return path
 
 
 def write_atomically(path: str | os.PathLike[str], data: Any) -> Path:

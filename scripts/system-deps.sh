@@ -5,9 +5,12 @@
 #   fonts-wqy-microhei   Chinese glyphs for screenshots and confusion-matrix pictures
 #   docker-compose       validates docker-compose.yml in the tests (docker-compose config)
 #   nginx-light          checks the gateway configuration in the tests (nginx -t)
+#   docker.io            the Docker daemon of make deploy-up / make test-deploy (vfs storage)
+#   debootstrap          builds the Debian base of the stand-in images (deploy/local/)
+#   curl                 deploy-up's readiness check through the gateway
 set -euo pipefail
 
-wanted=(chromium prometheus fonts-wqy-microhei docker-compose nginx-light)
+wanted=(chromium prometheus fonts-wqy-microhei docker-compose nginx-light docker.io debootstrap curl)
 missing=()
 for package in "${wanted[@]}"; do
     if ! dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed"; then

@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import socket
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -148,9 +149,14 @@ def create_app(settings: Settings) -> FastAPI:
             allow_origins=settings.security.cors_origins,
             allow_methods=["GET", "POST"],
             allow_headers=["Content-Type", "Authorization", "X-API-Key", "X-Request-ID"],
-            expose_headers=["X-Request-ID", "X-Cache", "Retry-After"],
+            expose_headers=["X-Request-ID", "X-Cache", "X-Cnclip-Replica", "Retry-After"],
         )
-    app.add_middleware(Gatekeeper, metrics=metrics, max_body_bytes=settings.limits.max_body_bytes)
+    app.add_middleware(
+        Gatekeeper,
+        metrics=metrics,
+        max_body_bytes=settings.limits.max_body_bytes,
+        replica=settings.replica or socket.gethostname(),
+    )
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:

@@ -1,6 +1,6 @@
 """The outermost layer of every request (plain ASGI, no per-request task):
-request ids, the body size limit, latency metrics, and a last-resort handler that
-answers JSON without a stack trace."""
+request ids, the replica's name, the body size limit, latency metrics, and a last-resort
+handler that answers JSON without a stack trace."""
 
 from __future__ import annotations
 
@@ -25,10 +25,13 @@ class BodyTooLargeError(ApiError):
 
 
 class Gatekeeper:
-    def __init__(self, app: ASGIApp, metrics: Metrics, max_body_bytes: int) -> None:
+    def __init__(
+        self, app: ASGIApp, metrics: Metrics, max_body_bytes: int, replica: str = ""
+    ) -> None:
         self.app = app
         self.metrics = metrics
         self.max_body = max_body_bytes
+        self.stamp = [(b"x-cnclip-replica", replica.encode("latin-1"))] if replica else []
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -49,6 +52,7 @@ class Gatekeeper:
                 message["headers"] = [
                     *message["headers"],
                     (b"x-request-id", request_id.encode("latin-1")),
+                    *self.stamp,
                 ]
             await send(message)
 

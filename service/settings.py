@@ -120,6 +120,9 @@ class Settings(BaseSettings):
     port: int = Field(8000, ge=0, le=65535)
     workers: int = Field(1, ge=1)
     log_level: str = "info"
+    replica: str | None = Field(None, min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._-]+$")
+    """The name this process gives in every answer's ``X-Cnclip-Replica`` header, to tell
+    replicas behind a gateway apart; by default the host name (a container's id)."""
 
     @field_validator("backend")
     @classmethod

@@ -29,7 +29,6 @@ import logging
 import os
 import pickle
 import shutil
-import tempfile
 import threading
 from array import array
 from collections.abc import Iterator, Sequence
@@ -40,7 +39,7 @@ from typing import Any, NamedTuple, TypeGuard
 from tqdm import tqdm
 
 from runtime.errors import DataError
-from runtime.files import progress_disabled, replace_directory
+from runtime.files import progress_disabled, replace_directory, staging_directory
 from sources.records import (
     ByteRangeFile,
     Record,
@@ -604,7 +603,7 @@ def build_lmdb(
     out.mkdir(parents=True, exist_ok=True)
     summaries: dict[str, LmdbSplitSummary] = {}
     for name in names:
-        tmp = Path(tempfile.mkdtemp(prefix=f".{name}.building-", dir=out))
+        tmp = staging_directory(out, f".{name}.building-")
         try:
             built = _build_split(*inputs[name], tmp, name, progress)
             replace_directory(tmp, out / name)

@@ -23,7 +23,6 @@ import logging
 import os
 import shutil
 import tarfile
-import tempfile
 import zlib
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -32,7 +31,12 @@ from typing import IO, Any
 from tqdm import tqdm
 
 from runtime.errors import DataError
-from runtime.files import progress_disabled, replace_directory, write_atomically
+from runtime.files import (
+    progress_disabled,
+    replace_directory,
+    staging_directory,
+    write_atomically,
+)
 from runtime.manifests import MANIFEST
 from sources.records import Record
 
@@ -142,7 +146,7 @@ def write_wds(
     if target.is_dir() and any(target.iterdir()) and not overwrite:
         raise DataError(f"{target}: not empty; pass overwrite=True or choose an empty out_dir")
     target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.writing-", dir=target.parent))
+    staging = staging_directory(target.parent, f".{target.name}.writing-")
     writer = _ShardWriter(staging, prefix, samples_per_shard)
     try:
         num_samples = 0

@@ -26,6 +26,7 @@ COMPOSE_ONLY = {  # .env variables that configure compose itself, not the servic
     "CNCLIP_CPUS_PER_REPLICA",
     "CNCLIP_MEMORY_PER_REPLICA",
     "CNCLIP_GPU_BACKEND",
+    "CNCLIP_PUBLISH_HOST",
 }
 
 
@@ -183,3 +184,39 @@ def test_the_gateway_configuration_is_valid(tmp_path: Path) -> None:
     )
     assert result.returncode == 0, result.stderr
     assert "test is successful" in result.stderr
+
+
+@pytest.mark.parametrize("name", ["Dockerfile.serve", "Dockerfile.gpu", "Dockerfile.train"])
+def test_every_pip_install_in_the_images_gets_the_build_inputs(name: str) -> None:
+    """deploy/pip/: the extra CA certificates and the wheelhouse reach each pip install."""
+    text = (ROOT / "deploy" / name).read_text(encoding="utf-8")
+    assert "COPY deploy/pip /tmp/pip" in text
+    for arg in ("PIP_INDEX_URL", "PIP_EXTRA_INDEX_URL", "PIP_TRUSTED_HOST", "PIP_NO_INDEX"):
+        assert f"ARG {arg}" in text
+    runs = re.findall(r"^RUN (.*?)(?<!\\)$", text, flags=re.M | re.S)
+    installs = [run for run in runs if "pip install" in run]
+    assert installs
+    for run in installs:
+        assert run.index(". /tmp/pip/pip-env.sh") < run.index("pip install"), run
+
+
+def test_pip_env_trusts_the_extra_certificates_and_prefers_the_wheelhouse(
+    tmp_path: Path,
+) -> None:
+    script = ROOT / "deploy" / "pip" / "pip-env.sh"
+    show = f'. {script}; echo "cert=${{PIP_CERT:-}} links=${{PIP_FIND_LINKS:-}}"'
+    env = {"PATH": os.environ["PATH"], "CNCLIP_PIP_DIR": str(tmp_path)}
+    empty = subprocess.run(["sh", "-c", show], env=env, capture_output=True, text=True)
+    assert empty.stdout.strip() == "cert= links="
+    extra = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n"
+    (tmp_path / "ca-certificates.crt").write_text(extra)
+    (tmp_path / "wheels").mkdir()
+    (tmp_path / "wheels" / "numpy-2.0-cp311-none-any.whl").write_bytes(b"")
+    given = subprocess.run(["sh", "-c", show], env=env, capture_output=True, text=True)
+    trusted = tmp_path / "trusted.pem"
+    assert given.stdout.strip() == f"cert={trusted} links={tmp_path / 'wheels'}"
+    text = trusted.read_text()
+    assert text.endswith(extra)
+    system = Path("/etc/ssl/certs/ca-certificates.crt")
+    if system.is_file():
+        assert text.startswith(system.read_text()[:200])

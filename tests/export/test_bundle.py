@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -197,6 +198,11 @@ def test_export_without_sample_data_verifies_on_the_built_in_set(tmp_path: Path)
     assert manifest.parity["verified_on"] == "built-in sentences and drawings"
     assert manifest.parity["texts"] >= 50 and manifest.parity["images"] == 12
     assert load_bundle(tmp_path / "b").encode_texts(["白色陶瓷马克杯"]).shape == (1, 32)
+    # readable by another user (the serving container's), as any new file under the umask
+    umask = os.umask(0o022)
+    os.umask(umask)
+    for path in [tmp_path / "b", *(tmp_path / "b").iterdir()]:
+        assert stat.S_IMODE(path.stat().st_mode) & 0o444 & ~umask == 0o444 & ~umask, path
 
 
 @pytest.mark.parametrize("family", ["vit", "resnet"])

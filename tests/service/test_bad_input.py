@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import io
+import socket
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -11,7 +12,9 @@ from typing import Any
 import httpx
 import pytest
 from PIL import Image
+from pydantic import ValidationError
 
+from service.settings import Settings
 from tests.service.conftest import make_settings, photo_bytes, running
 
 
@@ -217,6 +220,19 @@ def test_a_client_request_id_is_echoed(client: httpx.Client) -> None:
     assert r.json()["error"]["request_id"] == "abc-123"
     r = client.post("/v1/search/text", json={"query": ""}, headers={"X-Request-ID": "bad id\t!"})
     assert r.headers["x-request-id"] != "bad id\t!"
+
+
+def test_every_answer_names_the_replica(client: httpx.Client) -> None:
+    """X-Cnclip-Replica: the host name by default (a container's id behind a gateway)."""
+    for r in (client.get("/healthz"), client.post("/v1/search/text", json={"query": ""})):
+        assert r.headers["x-cnclip-replica"] == socket.gethostname()
+
+
+def test_a_replica_name_must_fit_a_header() -> None:
+    for name in ("api 1", "a" * 65, "名"):
+        with pytest.raises(ValidationError):
+            Settings(bundle="/models/bundle", replica=name)
+    assert Settings(bundle="/models/bundle", replica="api-1.eu").replica == "api-1.eu"
 
 
 def test_the_service_still_answers_after_all_that(client: httpx.Client) -> None:
