@@ -237,7 +237,6 @@ def export_bundle(
     tokenizer = ChineseTokenizer(context_length=model.config.context_length)
     image_config = PreprocessConfig(image_size=model.config.vision.image_size)
     data = verification_set(captions, photos, tokenizer, image_config)
-    target.parent.mkdir(parents=True, exist_ok=True)
     staging = staging_directory(target.parent, f".{target.name}.")
     try:
         files = {"text": staging / "text.onnx", "image": staging / "image.onnx"}

@@ -212,7 +212,6 @@ def switch(root: Path, name: str) -> None:
 def new_version(root: Path) -> Iterator[tuple[Path, str]]:
     """A staging directory for the next version; renamed to ``vNNNN`` when the block ends
     without an exception, removed otherwise."""
-    root.mkdir(parents=True, exist_ok=True)
     staging = staging_directory(root, ".staging-")
     existing = versions(root)
     number = int(existing[-1][1:]) + 1 if existing else 1
