@@ -21,7 +21,11 @@ examples:
   cnclip index remove indexes/shop --ids-file sold-out.txt
   cnclip index compact indexes/shop
   cnclip index switch indexes/shop v0002
+  cnclip index drop-version indexes/shop v0001
   cnclip index info indexes/shop
+  cnclip index build --bundle bundles/vit-b-16 --catalog items.jsonl --work-dir work \\
+      --out milvus://127.0.0.1:19530/shop --partition-key shop_id
+  cnclip index info milvus://127.0.0.1:19530/shop
 
 A catalog is jsonl, one item per line: {"id": str, "image": path-or-URL, "title": str,
 ...attributes}; relative image paths are relative to the catalog's folder; integer ids
@@ -88,39 +92,64 @@ def _texts(args: argparse.Namespace) -> Any:
     return Corpus(vectors, ids, items)
 
 
+def _work_dir(args: argparse.Namespace, location: str, name: str) -> Path:
+    """Where a catalog's embeddings are kept: --work-dir, or inside a FAISS root."""
+    from index.backend import is_milvus
+
+    if args.work_dir:
+        return Path(args.work_dir)
+    if is_milvus(location) and args.catalog:
+        raise CnClipError("embedding a catalog for Milvus: give --work-dir DIR for the embeddings")
+    return Path(location) / name
+
+
 def _cmd_build(args: argparse.Namespace) -> int:
-    from index.build import build_version
+    import index
+    from index.backend import is_milvus
 
     model, dim = _bundle_facts(args.bundle)
-    out = Path(args.out)
-    work = Path(args.work_dir) if args.work_dir else out / ".embeddings"
-    corpus = _corpus(args, work)
+    milvus = is_milvus(args.out)
+    corpus = _corpus(args, _work_dir(args, args.out, ".embeddings"))
     if corpus.vectors.shape[1] != dim:
         raise CnClipError(
             f"the embeddings have {corpus.vectors.shape[1]} dimensions, the bundle {dim}"
         )
-    options: dict[str, Any] = {
-        "model": model,
-        "factory": args.factory,
-        "profile": args.profile,
-        "target": args.target,
-        "progress": not args.quiet,
-    }
-    if args.shards > 1:
-        from index.shards import build_sharded
-
-        if args.text_corpus:
-            raise CnClipError("--text-corpus is not sharded; build it as its own index")
-        build_sharded(out, corpus, args.shards, **options)
-        if not args.quiet:
-            print(f"wrote {args.shards} shards of {len(corpus.ids):,} items to {out}")
-        return 0
-    version = build_version(out, corpus, texts=_texts(args), **options)
-    if not args.quiet:
-        print(
-            f"wrote {version} ({len(corpus.ids):,} items); {out}/CURRENT names it", file=sys.stderr
+    options: dict[str, Any] = {"model": model, "target": args.target, "progress": not args.quiet}
+    if milvus:
+        if args.text_corpus or args.factory or args.profile:
+            raise CnClipError(
+                "--text-corpus, --factory and --profile are for FAISS directories; on Milvus "
+                "choose the index with --milvus-index and --milvus-params"
+            )
+        options.update(
+            index_type=args.milvus_index,
+            params=_json_object(args.milvus_params, "--milvus-params"),
+            partition_key=args.partition_key,
+            gpus=True if args.milvus_gpus else None,
         )
+    else:
+        if args.milvus_index or args.milvus_params or args.partition_key or args.milvus_gpus:
+            raise CnClipError(
+                "--milvus-index, --milvus-params, --partition-key and --milvus-gpus are for "
+                "milvus:// locations"
+            )
+        options.update(texts=_texts(args), factory=args.factory, profile=args.profile or "quality")
+    version = index.build_index(args.out, corpus, **options)
+    if not args.quiet:
+        print(f"wrote {version} ({len(corpus.ids):,} items); {args.out} serves it", file=sys.stderr)
     return 0
+
+
+def _json_object(text: str | None, option: str) -> dict[str, Any] | None:
+    if text is None:
+        return None
+    try:
+        value = json.loads(text)
+    except ValueError as exc:
+        raise CnClipError(f"{option}: not JSON ({exc})") from exc
+    if not isinstance(value, dict):
+        raise CnClipError(f"{option}: give a JSON object, such as '{{\"nlist\": 1024}}'")
+    return value
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
@@ -128,33 +157,44 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         return _cross_precision(args)
     import numpy as np
 
-    from index.recall import evaluate_index
+    import index
 
     queries = None if not args.queries else np.load(args.queries)
-    for version in evaluate_index(args.dir, queries=queries, target=args.target):
+    loaded = index.load(args.dir)
+    try:
+        reports = loaded.evaluate(queries=queries, target=args.target)
+    finally:
+        loaded.close()
+    for version in reports:
         for point in version.report["points"]:
             print(json.dumps(point, ensure_ascii=False))
         chosen = version.chosen
+        knobs = ("nprobe", "ef_search", "k_factor", "ef", "search_list", "itopk_size")
+        speed = f" at {chosen.get('qps', 0):,.0f} queries/s"
+        if version.report.get("speedup"):
+            speed += f" ({version.report['speedup']:.1f}x exact search)"
         print(
-            f"{version.directory}: smallest setting reaching R@10 >= {args.target}: "
-            f"{ {k: v for k, v in chosen.items() if k in ('nprobe', 'ef_search', 'k_factor')} } "
-            f"R@1 {chosen.get('R@1', 0):.3f} R@10 {chosen.get('R@10', 0):.3f} "
-            f"R@100 {chosen.get('R@100', 0):.3f} at {chosen.get('qps', 0):,.0f} queries/s "
-            f"({version.report.get('speedup', 1):.1f}x exact search)",
+            f"{version.where}: smallest setting reaching R@10 >= {args.target}: "
+            f"{ {k: v for k, v in chosen.items() if k in knobs} } "
+            f"R@1 {chosen.get('R@1', 0):.3f} R@10 {chosen.get('R@10', 0):.3f}"
+            + (f" R@100 {chosen['R@100']:.3f}" if "R@100" in chosen else "")
+            + speed,
             file=sys.stderr,
         )
     return 0
 
 
 def _cross_precision(args: argparse.Namespace) -> int:
+    from index.backend import is_milvus
     from index.recall import CROSS_REPORT, cross_precision, read_queries
-    from index.shards import shard_roots
     from runtime.bundle import load_bundle
 
+    if is_milvus(args.dir):
+        raise CnClipError("--bundle (cross-precision) measures FAISS directories only")
     bundle = load_bundle(args.bundle, threads=args.threads)
     reference = None if not args.reference else load_bundle(args.reference, threads=args.threads)
     texts = None if not args.texts else read_queries(args.texts)
-    for root in shard_roots(args.dir):
+    for root in [Path(args.dir)]:
         report = cross_precision(root, bundle, reference=reference, texts=texts)
         print(json.dumps(report, ensure_ascii=False))
         lines = [f"{root}: {report['queries']} {report['query_source']} queries, top {report['k']}"]
@@ -186,23 +226,25 @@ def _cross_precision(args: argparse.Namespace) -> int:
 
 def _cmd_add(args: argparse.Namespace) -> int:
     import index
+    from index.backend import is_milvus
 
     model, _ = _bundle_facts(args.bundle)
-    work = Path(args.work_dir) if args.work_dir else Path(args.dir) / ".embeddings-add"
-    corpus = _corpus(args, work)
-    options = {
-        "model": model,
-        "target": args.target,
-        "progress": not args.quiet,
-        "make_current": not args.no_switch,
-    }
-    index.add(args.dir, corpus, **options)
-    print(f"added {len(corpus.ids):,} items to {args.dir}", file=sys.stderr)
+    corpus = _corpus(args, _work_dir(args, args.dir, ".embeddings-add"))
+    loaded = index.load(args.dir)
+    try:
+        options = {"target": args.target, "progress": not args.quiet}
+        if not is_milvus(args.dir):
+            options["make_current"] = not args.no_switch
+        version = loaded.add(corpus, model=model, **options)
+    finally:
+        loaded.close()
+    print(f"added {len(corpus.ids):,} items to {args.dir} ({version})", file=sys.stderr)
     return 0
 
 
 def _cmd_remove(args: argparse.Namespace) -> int:
     import index
+    from index.backend import is_milvus
 
     ids = list(args.id or [])
     if args.ids_file:
@@ -210,19 +252,27 @@ def _cmd_remove(args: argparse.Namespace) -> int:
         ids += [line.strip() for line in lines if line.strip()]
     if not ids:
         raise CnClipError("give the ids to remove with --id or --ids-file")
-    options = {
-        "missing_ok": args.missing_ok,
-        "target": args.target,
-        "make_current": not args.no_switch,
-    }
-    index.remove(args.dir, ids, **options)
-    print(f"removed {len(ids):,} items from {args.dir}", file=sys.stderr)
+    loaded = index.load(args.dir)
+    try:
+        options: dict[str, Any] = {}
+        if not is_milvus(args.dir):
+            options = {"target": args.target, "make_current": not args.no_switch}
+        version = loaded.remove(ids, missing_ok=args.missing_ok, **options)
+    finally:
+        loaded.close()
+    print(f"removed {len(ids):,} items from {args.dir} ({version})", file=sys.stderr)
     return 0
 
 
 def _cmd_compact(args: argparse.Namespace) -> int:
+    from index.backend import is_milvus
     from index.update import compact
 
+    if is_milvus(args.dir):
+        raise CnClipError(
+            "Milvus compacts deleted items away by itself; to rebuild with other parameters, "
+            "cnclip index build a new version"
+        )
     version = compact(
         args.dir,
         factory=args.factory,
@@ -236,39 +286,31 @@ def _cmd_compact(args: argparse.Namespace) -> int:
 
 
 def _cmd_switch(args: argparse.Namespace) -> int:
-    from index.versions import switch
+    import index
 
-    switch(Path(args.dir), args.version)
+    index.switch(args.dir, args.version)
     print(f"{args.dir}: current version is now {args.version}", file=sys.stderr)
     return 0
 
 
-def _cmd_info(args: argparse.Namespace) -> int:
-    from index.shards import shard_roots
+def _cmd_drop_version(args: argparse.Namespace) -> int:
+    import index
 
-    roots = shard_roots(args.dir)
-    for root in roots:
-        if len(roots) > 1:
-            print(f"{root.name}:")
-        _info_one(root)
+    index.drop_version(args.dir, args.version)
+    print(f"{args.dir}: dropped {args.version}", file=sys.stderr)
     return 0
 
 
-def _info_one(root: Path) -> None:
-    from index.versions import IndexManifest, current_name, versions
+def _cmd_info(args: argparse.Namespace) -> int:
+    import index
 
-    names = versions(root) or [root.name]
-    current = current_name(root)
-    for name in names:
-        version = root / name if versions(root) else root
-        manifest = IndexManifest.read(version)
-        mark = "*" if name == current else " "
-        print(
-            f"{mark} {name}: {manifest.count:,} items ({manifest.deleted:,} deleted), "
-            f"{manifest.factory}, search {dict(manifest.search) or 'exact'}, "
-            f"R@10 {manifest.chosen.get('R@10', 1.0):.3f}, {manifest.bytes_per_vector} B/vector, "
-            f"{manifest.model.describe()}, {manifest.created}"
-        )
+    loaded = index.load(args.dir)
+    try:
+        for version in loaded.versions():
+            print(version.describe())
+    finally:
+        loaded.close()
+    return 0
 
 
 def _source_arguments(parser: argparse.ArgumentParser) -> None:
@@ -304,8 +346,9 @@ def _common(parser: argparse.ArgumentParser, switchable: bool = True) -> None:
 def add_index_commands(sub: Any) -> None:
     index = sub.add_parser(
         "index",
-        help="build, evaluate and change FAISS catalog indexes",
-        description="Catalog images (or precomputed embeddings) into FAISS index versions "
+        help="build, evaluate and change catalog indexes (FAISS directories or Milvus)",
+        description="Catalog images (or precomputed embeddings) into index versions (FAISS "
+        "directories, or Milvus collections behind an alias) "
         "with measured recall.",
         epilog=INDEX_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -314,20 +357,36 @@ def add_index_commands(sub: Any) -> None:
 
     build = commands.add_parser("build", help="embed a catalog and write a new index version")
     _source_arguments(build)
-    build.add_argument("--out", required=True, help="the index root (versions go inside)")
+    build.add_argument(
+        "--out",
+        required=True,
+        help="the index root (versions go inside), or milvus://HOST:PORT/NAME (an alias)",
+    )
     build.add_argument("--factory", help="a FAISS factory string instead of the automatic choice")
     build.add_argument(
         "--profile",
         choices=["quality", "lean"],
-        default="quality",
-        help="quality (default; about 600 bytes per 512-d vector) or lean (< 80 bytes)",
+        help="FAISS: quality (default; about 600 bytes per 512-d vector) or lean (< 80 bytes)",
     )
     build.add_argument("--text-corpus", help="jsonl of {id, text}: a text index for image search")
     build.add_argument(
-        "--shards",
-        type=int,
-        default=1,
-        help="split the catalog by id into N indexes searched in parallel (default 1)",
+        "--milvus-index",
+        metavar="TYPE",
+        help="Milvus: FLAT, IVF_FLAT, IVF_SQ8, IVF_PQ, HNSW, HNSW_SQ, DISKANN, GPU_IVF_PQ, "
+        "GPU_CAGRA ... (default: chosen by size among those the server builds)",
+    )
+    build.add_argument(
+        "--milvus-params", metavar="JSON", help="Milvus: build parameters, e.g. '{\"nlist\": 1024}'"
+    )
+    build.add_argument(
+        "--partition-key",
+        metavar="ATTRIBUTE",
+        help="Milvus: an attribute of every item (a shop id) to partition by, for many tenants",
+    )
+    build.add_argument(
+        "--milvus-gpus",
+        action="store_true",
+        help="Milvus: the server has GPUs (GPU indexes), where its version does not say so",
     )
     _common(build, switchable=False)
     build.set_defaults(handler=_cmd_build)
@@ -336,7 +395,7 @@ def add_index_commands(sub: Any) -> None:
         "eval",
         help="measure recall against exact search and tune, or of another bundle's queries",
     )
-    evaluate.add_argument("dir", help="an index root or version")
+    evaluate.add_argument("dir", help="an index root or version, or milvus://HOST:PORT/NAME")
     evaluate.add_argument("--queries", help="[n, d] .npy of held-out queries (default: sampled)")
     evaluate.add_argument(
         "--bundle",
@@ -354,14 +413,18 @@ def add_index_commands(sub: Any) -> None:
     _common(evaluate, switchable=False)
     evaluate.set_defaults(handler=_cmd_eval)
 
-    add = commands.add_parser("add", help="a new version with more items")
-    add.add_argument("dir", help="the index root")
+    add = commands.add_parser(
+        "add", help="add items (FAISS: a new version; Milvus: upserted in place)"
+    )
+    add.add_argument("dir", help="the index root, or milvus://HOST:PORT/NAME")
     _source_arguments(add)
     _common(add)
     add.set_defaults(handler=_cmd_add)
 
-    remove = commands.add_parser("remove", help="a new version without some items")
-    remove.add_argument("dir", help="the index root")
+    remove = commands.add_parser(
+        "remove", help="remove items (FAISS: a new version; Milvus: deleted in place)"
+    )
+    remove.add_argument("dir", help="the index root, or milvus://HOST:PORT/NAME")
     remove.add_argument("--id", action="append", help="an item id (repeatable)")
     remove.add_argument("--ids-file", help="one item id per line")
     remove.add_argument("--missing-ok", action="store_true", help="ignore ids not in the index")
@@ -376,10 +439,15 @@ def add_index_commands(sub: Any) -> None:
     compact.set_defaults(handler=_cmd_compact)
 
     switch = commands.add_parser("switch", help="make another version current")
-    switch.add_argument("dir", help="the index root")
-    switch.add_argument("version", help="a version name, such as v0002")
+    switch.add_argument("dir", help="the index root, or milvus://HOST:PORT/NAME")
+    switch.add_argument("version", help="a version name, such as v0002 (or shop_v0002)")
     switch.set_defaults(handler=_cmd_switch)
 
+    drop = commands.add_parser("drop-version", help="delete a version not being served")
+    drop.add_argument("dir", help="the index root, or milvus://HOST:PORT/NAME")
+    drop.add_argument("version", help="a version name, such as v0001 (or shop_v0001)")
+    drop.set_defaults(handler=_cmd_drop_version)
+
     info = commands.add_parser("info", help="list versions with their counts and recall")
-    info.add_argument("dir", help="the index root")
+    info.add_argument("dir", help="the index root, or milvus://HOST:PORT/NAME")
     info.set_defaults(handler=_cmd_info)

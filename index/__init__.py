@@ -1,94 +1,137 @@
-"""Catalog embeddings to FAISS index versions, and the search API the service uses.
+"""Catalog embeddings to indexes, and the backend protocol the service and the CLI use.
 
-``index.load(DIR)`` returns a :class:`index.search.CatalogIndex` (or, for a root
-written by :func:`index.shards.build_sharded`, a :class:`index.shards.ShardedIndex`
-with the same search call); ``index.add`` and ``index.remove`` change a root, sharded or
-not; ``index.check_bundle`` says from the manifests alone whether a bundle may serve it.
-Building, evaluating and changing versions live in :mod:`index.build`,
-:mod:`index.recall` and :mod:`index.update` (``cnclip index ...`` on the command line).
+``index.load(LOCATION)`` returns an :class:`index.backend.IndexBackend`: a
+:class:`index.local.DirectoryIndex` for FAISS version directories (an index root, or
+one version directory: the default, for one machine) or an :class:`index.milvus.
+MilvusIndex` for ``milvus://HOST:PORT/NAME`` (catalogs beyond one machine). Both
+search, add, remove, list their versions, measure recall and follow a version
+switched by another process. ``index.build_index`` writes a new version at either kind of
+location; ``index.switch`` and ``index.drop_version`` move between versions;
+``index.check_bundle`` says from the manifests alone whether a bundle may serve it.
+Building, evaluating and changing FAISS versions live in :mod:`index.build`,
+:mod:`index.recall` and :mod:`index.update`; Milvus's in :mod:`index.milvus`.
 """
 
-from collections.abc import Sequence
+from __future__ import annotations
+
 from pathlib import Path
 from typing import Any
 
-from index.build import Corpus
-from index.search import CatalogIndex, SearchResult
-from index.search import load as load_version
-from index.shards import (
-    SHARDS,
-    ShardedIndex,
-    ShardSet,
-    add_sharded,
-    load_sharded,
-    remove_sharded,
-    shard_roots,
+from index.backend import (
+    IndexBackend,
+    IndexUnavailableError,
+    RecallReport,
+    SearchResult,
+    VersionInfo,
+    is_milvus,
 )
-from index.update import add_items, remove_items
+from index.build import Corpus
 from index.versions import IndexManifest, resolve
 from runtime.bundle_manifest import bundle_ref
 from runtime.identity import ModelRef, check_serves
 
 
 def load(
-    path: str | Path, *, mmap: bool | None = None, gpu: bool | None = None
-) -> CatalogIndex | ShardedIndex:
-    """The index at ``path``: a version, a root (its current version) or a sharded root."""
-    if is_sharded(path):
-        return load_sharded(path, mmap=mmap, gpu=gpu)
-    return load_version(path, mmap=mmap, gpu=gpu)
+    location: str | Path, *, mmap: bool | None = None, gpu: bool | None = None
+) -> IndexBackend:
+    """The index at ``location``: a FAISS root or version directory, or ``milvus://``.
+
+    ``mmap`` and ``gpu`` apply to FAISS directories (:class:`index.search.CatalogIndex`).
+
+    Raises:
+        IndexVersionError: no index there, or an unreadable one.
+        IndexUnavailableError: a Milvus server that cannot be reached.
+    """
+    if is_milvus(location):
+        from index.milvus import load as load_milvus
+
+        return load_milvus(str(location))
+    from index.local import DirectoryIndex
+
+    return DirectoryIndex(location, mmap=mmap, gpu=gpu)
 
 
-def is_sharded(path: str | Path) -> bool:
-    return (Path(path) / SHARDS).is_file()
+def build_index(location: str | Path, corpus: Corpus, **options: Any) -> str:
+    """A new version of ``corpus`` at ``location``; returns the version's name.
+
+    FAISS directories take :func:`index.build.build_version`'s options (``texts``,
+    ``factory``, ``profile`` ...); Milvus :func:`index.milvus.build_collection`'s
+    (``index_type``, ``params``, ``partition_key`` ...). Both take ``model``,
+    ``target``, ``queries``, ``progress`` and ``make_current``.
+    """
+    if is_milvus(location):
+        from index.milvus import build_collection
+
+        return build_collection(str(location), corpus, **options)
+    from index.build import build_version
+
+    return build_version(location, corpus, **options).name
 
 
-def add(path: str | Path, corpus: Corpus, **options: Any) -> None:
-    """Add ``corpus`` to the index root at ``path``: a new version of the root, or of each
-    shard it touches (``options``: those of :func:`index.update.add_items`)."""
-    if is_sharded(path):
-        add_sharded(path, corpus, **options)
-    else:
-        add_items(path, corpus, **options)
+def switch(location: str | Path, version: str) -> None:
+    """Serve ``version`` at ``location`` (``CURRENT`` or the Milvus alias moves)."""
+    if is_milvus(location):
+        from index.milvus import switch as switch_milvus
+
+        switch_milvus(str(location), version)
+        return
+    from index.versions import switch as switch_directory
+
+    switch_directory(Path(location), version)
 
 
-def remove(path: str | Path, ids: Sequence[str], **options: Any) -> None:
-    """Remove ``ids`` from the index root at ``path`` (sharded or not; ``options``: those
-    of :func:`index.update.remove_items`)."""
-    if is_sharded(path):
-        remove_sharded(path, ids, **options)
-    else:
-        remove_items(path, ids, **options)
+def drop_version(location: str | Path, version: str) -> None:
+    """Delete one version that is not being served."""
+    if is_milvus(location):
+        from index.milvus import drop_version as drop_milvus
+
+        drop_milvus(str(location), version)
+        return
+    from index.local import drop_version as drop_directory
+
+    drop_directory(location, version)
 
 
-def index_model(path: str | Path) -> ModelRef:
-    """The model whose vectors the index at ``path`` holds (a version, a root or a sharded
-    root, whose shards must agree), read from the manifests alone."""
-    roots = shard_roots(path)
-    models = [IndexManifest.read(resolve(root)).model for root in roots]
-    for root, model in zip(roots[1:], models[1:], strict=True):
-        check_serves(model, models[0], root)
-    return models[0]
+def index_model(location: str | Path) -> ModelRef:
+    """The model whose vectors the index at ``location`` holds, read from its manifest
+    alone (nothing loaded)."""
+    if is_milvus(location):
+        from index.milvus import Connection, MilvusLocation, current_collection, read_manifest
+
+        where = MilvusLocation.parse(str(location))
+        connection = Connection(where)
+        try:
+            name = current_collection(connection)
+            if name is None:
+                from index.versions import IndexVersionError
+
+                raise IndexVersionError(f"{where}: no such index (no alias {where.name!r})")
+            return read_manifest(connection, name).model
+        finally:
+            connection.close()
+    return IndexManifest.read(resolve(location)).model
 
 
-def check_bundle(path: str | Path, bundle: str | Path) -> str | None:
-    """Whether the bundle directory ``bundle`` may serve the index at ``path``, from the
-    manifests alone (no session opened, nothing loaded): None, or a note when it is
+def check_bundle(location: str | Path, bundle: str | Path) -> str | None:
+    """Whether the bundle directory ``bundle`` may serve the index at ``location``, from
+    the manifests alone (no session opened, nothing loaded): None, or a note when it is
     another bundle of the same model; :class:`runtime.identity.ModelMismatchError` when
     it is another model (:func:`runtime.identity.check_serves`)."""
-    return check_serves(index_model(path), bundle_ref(bundle), path)
+    return check_serves(index_model(location), bundle_ref(bundle), location)
 
 
 __all__ = [
-    "CatalogIndex",
     "Corpus",
+    "IndexBackend",
+    "IndexUnavailableError",
+    "RecallReport",
     "SearchResult",
-    "ShardSet",
-    "ShardedIndex",
-    "add",
+    "VersionInfo",
+    "build_index",
     "check_bundle",
+    "drop_version",
     "index_model",
-    "is_sharded",
+    "is_milvus",
     "load",
-    "remove",
+    "switch",
 ]

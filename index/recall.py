@@ -1,8 +1,8 @@
 """The recall of a built index: against exact search, and for another bundle's queries.
 
-- :func:`evaluate_index` is ``cnclip index eval DIR``: every version (each shard's, for
-  a sharded root) measured against exact search over its stored vectors and tuned to a
-  target, the report written beside the version as ``eval.json``.
+- :func:`evaluate_index` is ``cnclip index eval DIR``: the version a root serves (or
+  the version directory given) measured against exact search over its stored vectors
+  and tuned to a target, the report written beside the version as ``eval.json``.
 - :func:`cross_precision` is ``cnclip index eval DIR --bundle B``: text queries embedded
   by the bundle ``B`` (another precision of the index's model: an int8 bundle on CPU
   replicas against an index an fp16 bundle built on a GPU) searched as the service
@@ -33,7 +33,6 @@ from index.build import measure, sample_rows
 from index.evaluate import exact_search, recall_at
 from index.search import CatalogIndex, load_vectors
 from index.search import load as load_version
-from index.shards import shard_roots
 from runtime.errors import DataError
 from runtime.identity import check_serves
 from runtime.manifests import write_json
@@ -59,7 +58,8 @@ class VersionReport:
 def evaluate_index(
     path: str | Path, *, queries: npt.NDArray[np.float32] | None = None, target: float = 0.95
 ) -> list[VersionReport]:
-    """Measure and tune the version each root under ``path`` serves; writes ``eval.json``.
+    """Measure and tune the version ``path`` serves (a root or a version); writes
+    ``eval.json`` beside it.
 
     ``queries``: ``[n, d]`` held-out queries (normalized here); default: 1,000 live
     catalog vectors, each left out of its own answers.
@@ -67,18 +67,15 @@ def evaluate_index(
     if queries is not None:
         queries = np.ascontiguousarray(queries, dtype=np.float32)
         queries /= np.linalg.norm(queries, axis=1, keepdims=True)
-    reports = []
-    for root in shard_roots(path):
-        catalog = load_version(root)
-        try:
-            live = np.setdiff1d(np.arange(catalog.total), catalog.deleted)
-            vectors = load_vectors(catalog.directory)
-            report = measure(catalog.index, vectors, queries, target, valid=live)
-        finally:
-            catalog.close()
-        write_json(catalog.directory / EVAL_REPORT, report)
-        reports.append(VersionReport(catalog.directory, report))
-    return reports
+    catalog = load_version(path)
+    try:
+        live = np.setdiff1d(np.arange(catalog.total), catalog.deleted)
+        vectors = load_vectors(catalog.directory)
+        report = measure(catalog.index, vectors, queries, target, valid=live)
+    finally:
+        catalog.close()
+    write_json(catalog.directory / EVAL_REPORT, report)
+    return [VersionReport(catalog.directory, report)]
 
 
 def read_queries(path: str | Path) -> list[str]:

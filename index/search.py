@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +25,7 @@ import faiss
 import numpy as np
 import numpy.typing as npt
 
+from index.backend import MAX_K, SearchResult, check_queries
 from index.evaluate import bitmap_selector, search_params
 from index.store import ItemStore
 from index.versions import (
@@ -37,24 +37,11 @@ from index.versions import (
     IndexVersionError,
     resolve,
 )
-from runtime.errors import ConfigError, DataError
+from runtime.errors import ConfigError
 from runtime.identity import ModelRef
 
 EXACT_SUBSET_MAX = 50_000  # filters matching at most this many rows are searched exactly
 MMAP_MIN_BYTES = 1 << 30
-MAX_K = 2048  # also faiss-gpu's limit
-
-
-@dataclass
-class SearchResult:
-    """``scores[i, j]`` and ``rows[i, j]`` of result j of query i (NaN / -1 past the end);
-    ``ids[i]`` the item ids of query i's results, best first; ``items`` their metadata
-    when asked for."""
-
-    scores: npt.NDArray[np.float32]
-    rows: npt.NDArray[np.int64]
-    ids: list[list[str]]
-    items: list[list[dict[str, Any]]] | None = None
 
 
 def load_vectors(directory: Path) -> npt.NDArray[np.float32]:
@@ -154,28 +141,13 @@ class CatalogIndex:
             DataError: queries of the wrong shape or with non-finite values, a bad ``k``,
                 ``nprobe`` or filter.
         """
-        q = self._check(queries, k, nprobe)
+        q = check_queries(queries, self.dim, k, nprobe)
         allowed = None if filter is None else self.store.matching(filter)
         if allowed is not None and len(allowed) <= EXACT_SUBSET_MAX:
             scores, rows = self._exact(q, k, allowed)
         else:
             scores, rows = self._approximate(q, k, nprobe, ef_search, allowed)
         return self._result(scores, rows, with_metadata)
-
-    def _check(self, queries: npt.ArrayLike, k: int, nprobe: int | None) -> npt.NDArray[Any]:
-        try:
-            q = np.ascontiguousarray(queries, dtype=np.float32)
-        except (TypeError, ValueError) as exc:
-            raise DataError(f"queries must be a float32 [n, {self.dim}] array ({exc})") from exc
-        if q.ndim != 2 or q.shape[1] != self.dim:
-            raise DataError(f"queries must be [n, {self.dim}], got shape {list(q.shape)}")
-        if not np.isfinite(q).all():
-            raise DataError("queries contain NaN or infinite values")
-        if not 1 <= k <= MAX_K:
-            raise DataError(f"k must be between 1 and {MAX_K}, not {k}")
-        if nprobe is not None and not 1 <= nprobe <= MAX_K:
-            raise DataError(f"nprobe must be between 1 and {MAX_K}, not {nprobe}")
-        return q
 
     def _exact(
         self, q: npt.NDArray[np.float32], k: int, allowed: npt.NDArray[np.int64]

@@ -1,8 +1,9 @@
 """Reading and writing the ``manifest.json`` of every artifact, in one place.
 
-Each artifact (model bundle, index version, shard set) has one typed manifest class
-(:class:`runtime.bundle_manifest.BundleManifest`, :class:`index.versions.IndexManifest`,
-:class:`index.shards.ShardSet`); they all read and write through these functions, so
+Each artifact on disk (model bundle, index version) has one typed manifest class
+(:class:`runtime.bundle_manifest.BundleManifest`, :class:`index.versions.IndexManifest`;
+a Milvus version's is a collection property, :class:`index.milvus.MilvusManifest`);
+the files all read and write through these functions, so
 the format name and version are checked the same way everywhere, a reader never sees
 half a file, and a newer format is refused with "upgrade cnclip".
 """
@@ -29,15 +30,12 @@ def read_json(
     error: type[CnClipError],
     what: str,
     fix: str,
-    legacy: bool = False,
 ) -> dict[str, Any]:
     """The JSON object at ``path``, checked to be a ``format`` manifest of a version this
     cnclip reads (1 to ``version``).
 
     ``what`` names the artifact in messages ("bundle", "index version"); ``fix`` says
-    what to do when the file is unreadable ("export the bundle again"). With
-    ``legacy``, a manifest without ``format`` fields (written before they existed) is
-    read as version 1.
+    what to do when the file is unreadable ("export the bundle again").
 
     Raises:
         error: a missing, unreadable or foreign file, or a newer format version.
@@ -50,8 +48,6 @@ def read_json(
         raise error(f"{path}: unreadable ({exc}); {fix}") from exc
     if not isinstance(data, dict):
         raise error(f"{path}: not a {format} manifest")
-    if legacy and "format" not in data:
-        data = {"format": format, "format_version": 1, **data}
     if data.get("format") != format:
         raise error(f"{path}: not a {format} manifest")
     found = data.get("format_version")

@@ -115,7 +115,7 @@ def create_app(settings: Settings) -> FastAPI:
         engine = await _start(app, settings, metrics)
         app.state.engine = engine
         watcher = None
-        if engine.holder is not None and engine.holder.is_root:
+        if engine.holder is not None and engine.holder.follows:
             watcher = asyncio.create_task(engine.holder.watch(settings.index_poll_s))
         try:
             yield

@@ -1,194 +1,186 @@
-"""The index being served: loaded, checked against the bundle, switched to new versions
-while requests go on, and changed (add, delete) under a lock shared by all workers."""
+"""The index being served, through the backend protocol (:mod:`index.backend`): loaded,
+checked against the bundle, followed when another process switches its version or
+changes its items, and changed (add, delete) by the catalog endpoints.
+
+The same code serves a FAISS root on a shared volume and a Milvus alias shared by
+several replicas. A Milvus server that cannot be reached makes the calls that need it
+answer 503 (``index_unavailable``, counted in ``cnclip_index_unavailable_total``) and
+``/readyz`` report it; the holder recovers by itself when the server is back.
+"""
 
 from __future__ import annotations
 
 import asyncio
-import fcntl
 import logging
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
 import index as index_pkg
+from index.backend import IndexBackend, IndexUnavailableError, TextSearcher
 from index.build import Corpus
-from index.search import CatalogIndex
-from index.shards import SHARDS, ShardedIndex
-from index.versions import CURRENT, IndexVersionError, current_name
-from runtime.errors import ConfigError, DataError
-from runtime.identity import ModelMismatchError, ModelRef, check_serves
+from runtime.errors import CnClipError
+from runtime.identity import ModelRef, check_serves
 from service.errors import ApiError
 from service.metrics import Metrics
 
 log = logging.getLogger("cnclip.service")
-LOCK = ".service.lock"
-Loaded = CatalogIndex | ShardedIndex
 
 
-@dataclass
+@dataclass(frozen=True)
 class Served:
-    """One loaded index version and what the service needs to know about it."""
+    """The index and what the service knows of the version in service when it looked:
+    requests read one snapshot, so one answer never mixes two versions' facts."""
 
-    index: Loaded
+    index: IndexBackend
     version: str
+    state: str
     keys: frozenset[str]
+    count: int
+    deleted: int
+    factory: str
+    model: ModelRef
 
     @property
-    def texts(self) -> CatalogIndex | None:
-        return self.index.texts if isinstance(self.index, CatalogIndex) else None
-
-    @property
-    def factory(self) -> str:
-        if isinstance(self.index, CatalogIndex):
-            return self.index.manifest.factory
-        return self.index.shards[0].manifest.factory
-
-    @property
-    def deleted(self) -> int:
-        if isinstance(self.index, CatalogIndex):
-            return len(self.index.deleted)
-        return sum(len(s.deleted) for s in self.index.shards)
+    def texts(self) -> TextSearcher | None:
+        return self.index.texts
 
 
-def _marker(path: Path) -> str:
-    """What names the version to serve: the root's CURRENT (each shard's, for a sharded
-    root), or the path of a version directory."""
-    if (path / SHARDS).is_file():
-        shards = sorted(p for p in path.iterdir() if p.is_dir() and p.name.startswith("shard-"))
-        return "+".join(f"{p.name}/{current_name(p)}" for p in shards)
-    name = current_name(path)
-    return name if name is not None else str(path)
-
-
-def _load(path: Path, bundle: ModelRef) -> Served:
-    loaded = index_pkg.load(path)
-    try:
-        note = check_serves(loaded.model, bundle, path)
-        if note:
-            log.info(note)
-        if isinstance(loaded, CatalogIndex):
-            version, keys = loaded.directory.name, loaded.store.attribute_keys()
-        else:
-            version = "+".join(s.directory.name for s in loaded.shards)
-            keys = set().union(*(s.store.attribute_keys() for s in loaded.shards))
-    except BaseException:
-        loaded.close()
-        raise
-    return Served(loaded, version, frozenset(keys))
-
-
-@contextmanager
-def _exclusive(root: Path) -> Iterator[None]:
-    """One catalog change at a time on ``root``, across workers and processes."""
-    with open(root / LOCK, "a+b") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+def snapshot(index: IndexBackend) -> Served:
+    return Served(
+        index=index,
+        version=index.version,
+        state=index.state,
+        keys=index.keys,
+        count=index.count,
+        deleted=index.deleted,
+        factory=index.factory,
+        model=index.model,
+    )
 
 
 class IndexHolder:
-    """``holder.served`` is the version in use; ``refresh()`` switches when CURRENT moves."""
+    """``holder.served`` is the version in use; ``refresh()`` follows the location."""
 
-    def __init__(self, path: Path, bundle: ModelRef, metrics: Metrics) -> None:
-        self.path = path
+    def __init__(self, location: str, bundle: ModelRef, metrics: Metrics) -> None:
+        self.location = location
         self.bundle = bundle
         self._metrics = metrics
-        self._marker = ""
         self.served: Served | None = None
         self._switching = asyncio.Lock()
+        self._unreachable = False
 
     @property
-    def is_root(self) -> bool:
-        return (self.path / CURRENT).is_file() or (self.path / SHARDS).is_file()
+    def follows(self) -> bool:
+        """Whether the location can change under the service (a root, a Milvus alias)."""
+        return self.served is not None and self.served.index.writable
+
+    def _accept(self, model: ModelRef) -> None:
+        note = check_serves(model, self.bundle, self.location)
+        if note:
+            log.info(note)
 
     async def open(self) -> None:
-        """Load the current version (raises ModelMismatchError / IndexVersionError on
-        failure)."""
-        marker = await asyncio.to_thread(_marker, self.path)
-        served = await asyncio.to_thread(_load, self.path, self.bundle)
-        self._install(served, marker)
+        """Load the version in service (raises ModelMismatchError, IndexVersionError,
+        IndexUnavailableError)."""
+        loaded = await asyncio.to_thread(index_pkg.load, self.location)
+        try:
+            self._accept(loaded.model)
+            served = await asyncio.to_thread(snapshot, loaded)
+        except BaseException:
+            loaded.close()
+            raise
+        self._install(served)
 
-    def _install(self, served: Served, marker: str) -> None:
-        old, self.served, self._marker = self.served, served, marker
-        if old is not None:
+    def _install(self, served: Served) -> None:
+        old, self.served = self.served, served
+        if old is not None and old.version != served.version:
             self._metrics.index_info.labels(version=old.version, factory=old.factory).set(0)
             self._metrics.index_switches.inc()
             log.info("switched index %s -> %s", old.version, served.version)
             # Searches already running keep their reference; the old version is freed
             # when the last of them ends.
         self._metrics.index_info.labels(version=served.version, factory=served.factory).set(1)
-        self._metrics.index_items.labels(target="images").set(served.index.count)
+        self._metrics.index_items.labels(target="images").set(served.count)
         if served.texts is not None:
             self._metrics.index_items.labels(target="texts").set(served.texts.count)
 
     async def refresh(self) -> bool:
-        """Switch to the version CURRENT names if it changed; True when switched. A version
-        that cannot be served (broken, another bundle) is logged and the old one kept."""
+        """Follow the location: True when the version changed. A version that cannot be
+        served (broken, another model) is logged and the old one kept; an unreachable
+        server is logged and counted, and tried again at the next poll."""
+        if self.served is None:
+            return False
         async with self._switching:
+            index = self.served.index
             try:
-                marker = await asyncio.to_thread(_marker, self.path)
-            except OSError as exc:
-                log.error("cannot read %s: %s", self.path, exc)
+                switched = await asyncio.to_thread(index.refresh, self._accept)
+                served = await asyncio.to_thread(snapshot, index)
+            except IndexUnavailableError as exc:
+                self._metrics.index_unavailable.labels(operation="refresh").inc()
+                if not self._unreachable:  # once, not at every poll
+                    log.warning("index unreachable, serving 503 until it is back: %s", exc)
+                self._unreachable = True
                 return False
-            if marker == self._marker:
+            except (CnClipError, OSError) as exc:
+                log.error("not switching %s: %s", self.location, exc)
                 return False
-            try:
-                served = await asyncio.to_thread(_load, self.path, self.bundle)
-            except (ConfigError, IndexVersionError, ModelMismatchError, DataError, OSError) as exc:
-                log.error("not switching to %s: %s", marker, exc)
-                self._marker = marker  # do not retry until CURRENT moves again
-                return False
-            self._install(served, marker)
-            return True
+            if self._unreachable:
+                log.info("index %s reachable again", self.location)
+                self._unreachable = False
+            if served != self.served:
+                self._install(served)
+            return switched
 
     async def watch(self, every_s: float) -> None:
         while True:
             await asyncio.sleep(every_s)
             await self.refresh()
 
-    def _root(self) -> Path:
-        if not self.is_root:
+    async def ping(self) -> None:
+        """Raises IndexUnavailableError when the index's server does not answer."""
+        assert self.served is not None
+        try:
+            await asyncio.to_thread(self.served.index.ping)
+        except IndexUnavailableError:
+            self._metrics.index_unavailable.labels(operation="ready").inc()
+            raise
+
+    def _writable(self) -> IndexBackend:
+        if self.served is None:
+            raise ApiError(503, "not_ready", "the index is not loaded yet", {"Retry-After": "5"})
+        if not self.served.index.writable:
             raise ApiError(
                 409,
                 "read_only_index",
                 "the service serves an index version directory; serve the index root "
                 "(the directory holding CURRENT) to change the catalog",
             )
-        return self.path
+        return self.served.index
+
+    async def _change(self, call: Any, *args: Any, **options: Any) -> str:
+        try:
+            await asyncio.to_thread(call, *args, **options)
+        except IndexUnavailableError:
+            self._metrics.index_unavailable.labels(operation="change").inc()
+            raise
+        await self.refresh()
+        assert self.served is not None
+        return self.served.version
 
     async def add(
         self, vectors: npt.NDArray[np.float32], ids: Sequence[str], items: Sequence[dict[str, Any]]
     ) -> str:
-        root = self._root()
+        index = self._writable()
         corpus = Corpus(vectors, list(ids), list(items))
-
-        def change() -> None:
-            with _exclusive(root):
-                index_pkg.add(root, corpus, model=self.bundle, progress=False)
-
-        await asyncio.to_thread(change)
-        await self.refresh()
-        assert self.served is not None
-        return self.served.version
+        return await self._change(index.add, corpus, model=self.bundle, progress=False)
 
     async def remove(self, ids: Sequence[str]) -> str:
-        root = self._root()
-
-        def change() -> None:
-            with _exclusive(root):
-                index_pkg.remove(root, list(ids))
-
-        await asyncio.to_thread(change)
-        await self.refresh()
-        assert self.served is not None
-        return self.served.version
+        index = self._writable()
+        return await self._change(index.remove, list(ids))
 
     def close(self) -> None:
         if self.served is not None:

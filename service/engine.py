@@ -18,6 +18,7 @@ import httpx
 import numpy as np
 import numpy.typing as npt
 
+from index.backend import IndexUnavailableError
 from runtime.bundle import Bundle
 from runtime.images import load_image, preprocess
 from runtime.retrieval import class_embeddings
@@ -235,16 +236,20 @@ class Engine:
             )
         start = time.perf_counter()
         loop = asyncio.get_running_loop()
-        result = await loop.run_in_executor(
-            self._searchers,
-            lambda: index.search(
-                row[None, :],
-                request.top_k,
-                nprobe=request.nprobe,
-                filter=request.filter if target == "images" else None,
-                with_metadata=True,
-            ),
-        )
+        try:
+            result = await loop.run_in_executor(
+                self._searchers,
+                lambda: index.search(
+                    row[None, :],
+                    request.top_k,
+                    nprobe=request.nprobe,
+                    filter=request.filter if target == "images" else None,
+                    with_metadata=True,
+                ),
+            )
+        except IndexUnavailableError:
+            self.metrics.index_unavailable.labels(operation="search").inc()
+            raise
         self.metrics.search_time.labels(target=target).observe(time.perf_counter() - start)
         assert result.items is not None
         items = []
@@ -261,7 +266,7 @@ class Engine:
         key = cache_key(
             "search",
             self.bundle.bundle_id,
-            served.version,
+            served.state,
             norm,
             request.top_k,
             request.filter,

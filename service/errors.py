@@ -13,6 +13,7 @@ from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
+from index.backend import IndexUnavailableError
 from index.versions import IndexVersionError
 from runtime.errors import ConfigError, DataError, ImageTooLargeError, InvalidImageError
 from runtime.identity import ModelMismatchError
@@ -126,6 +127,13 @@ def install_handlers(app: FastAPI) -> None:
         log.error("request %s: %s", request_id_of(request), exc)
         return error_response(503, "unavailable", str(exc), request_id_of(request))
 
+    async def index_unavailable(request: Request, exc: Exception) -> Response:
+        # The index's server (Milvus) cannot be reached: retry; the service recovers.
+        log.warning("request %s: %s", request_id_of(request), exc)
+        return error_response(
+            503, "index_unavailable", str(exc), request_id_of(request), {"Retry-After": "5"}
+        )
+
     async def validation(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, RequestValidationError)
         message, details = _validation_message(list(exc.errors()))
@@ -144,6 +152,7 @@ def install_handlers(app: FastAPI) -> None:
     app.add_exception_handler(ImageTooLargeError, too_large)
     app.add_exception_handler(InvalidImageError, invalid_image)
     app.add_exception_handler(DataError, data_error)
+    app.add_exception_handler(IndexUnavailableError, index_unavailable)
     app.add_exception_handler(IndexVersionError, config_error)
     app.add_exception_handler(ModelMismatchError, config_error)
     app.add_exception_handler(ConfigError, config_error)

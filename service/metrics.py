@@ -129,6 +129,13 @@ class Metrics:
             registry=r,
             multiprocess_mode="mostrecent",
         )
+        self.index_unavailable = Counter(
+            "cnclip_index_unavailable_total",
+            "Index calls that failed because its server (Milvus) could not be reached, by "
+            "operation (search, change, refresh, ready).",
+            ["operation"],
+            registry=r,
+        )
         self.index_switches = Counter(
             "cnclip_index_switches_total",
             "Index versions switched to while serving.",

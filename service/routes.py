@@ -198,11 +198,11 @@ async def catalog_info(engine: EngineDep) -> CatalogInfo:
     texts = served.texts
     return CatalogInfo(
         version=served.version,
-        count=served.index.count,
+        count=served.count,
         deleted=served.deleted,
         factory=served.factory,
-        model_id=served.index.model.model_id,
-        bundle_id=served.index.model.bundle_id or served.index.model.bundle_sha256,
+        model_id=served.model.model_id,
+        bundle_id=served.model.bundle_id or served.model.bundle_sha256,
         texts=None if texts is None else texts.count,
     )
 
@@ -218,7 +218,7 @@ async def catalog_info(engine: EngineDep) -> CatalogInfo:
 async def add_items(request: Request, engine: EngineDep) -> CatalogChange:
     body = await parse_json(request, CatalogAddRequest)
     version, added = await engine.add_items(body)
-    return CatalogChange(version=version, count=engine.served().index.count, changed=added)
+    return CatalogChange(version=version, count=engine.served().count, changed=added)
 
 
 @catalog.post(
@@ -232,7 +232,7 @@ async def add_items(request: Request, engine: EngineDep) -> CatalogChange:
 async def delete_items(request: Request, engine: EngineDep) -> CatalogChange:
     body = await parse_json(request, CatalogDeleteRequest)
     version, removed = await engine.remove_items(body.ids)
-    return CatalogChange(version=version, count=engine.served().index.count, changed=removed)
+    return CatalogChange(version=version, count=engine.served().count, changed=removed)
 
 
 @system.get("/healthz", summary="Alive", response_model=Status)
@@ -251,6 +251,7 @@ async def readyz(request: Request) -> Status:
     if engine.holder is not None:
         if engine.holder.served is None:
             raise NotReadyError("the index is still loading")
+        await engine.holder.ping()
         version = engine.holder.served.version
     return Status(
         status="ready",

@@ -95,9 +95,9 @@ class Settings(BaseSettings):
 
     bundle: Path
     """The model bundle directory (``cnclip export``)."""
-    index: Path | None = None
-    """An index root or version (``cnclip index build``); without it only embedding and
-    classification are served."""
+    index: str | None = Field(None, min_length=1)
+    """An index root or version directory (``cnclip index build``), or a Milvus alias
+    ``milvus://HOST:PORT/NAME``; without it only embedding and classification are served."""
     backend: str = "onnxruntime"
     """One of runtime.sessions.BACKENDS."""
     threads: int | None = Field(None, ge=1)
@@ -123,6 +123,11 @@ class Settings(BaseSettings):
     replica: str | None = Field(None, min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._-]+$")
     """The name this process gives in every answer's ``X-Cnclip-Replica`` header, to tell
     replicas behind a gateway apart; by default the host name (a container's id)."""
+
+    @field_validator("index", mode="before")
+    @classmethod
+    def _index_location(cls, value: object) -> object:
+        return str(value) if isinstance(value, Path) else value
 
     @field_validator("backend")
     @classmethod

@@ -12,10 +12,10 @@ import pytest
 
 import index.build as build_module
 import index.search as search_module
-from index import load
 from index.build import Corpus, build_version
 from index.evaluate import exact_search
 from index.factory import choose_index
+from index.search import load
 from index.synthetic import clip_like_split
 from index.update import add_items, compact, remove_items
 from index.versions import IndexVersionError, current_name, versions
@@ -397,3 +397,36 @@ def test_a_format_one_version_still_loads_and_is_served_by_its_bundle(tmp_path: 
     add_items(root, _corpus(5, offset=9000)[0], progress=False)
     assert json.loads((root / "v0002" / "manifest.json").read_text("utf-8"))["format_version"] == 2
     assert load(root).model == catalog.model
+
+
+def test_a_root_through_the_backend_protocol(tmp_path: Path) -> None:
+    import index as index_pkg
+    from index.backend import IndexBackend
+    from index.local import DirectoryIndex
+
+    corpus, queries = _corpus(600)
+    root = tmp_path / "shop"
+    assert index_pkg.build_index(root, corpus, model=ModelRef(bundle_sha256="a" * 64)) == "v0001"
+    served, other = index_pkg.load(root), index_pkg.load(root)
+    assert isinstance(served, DirectoryIndex) and isinstance(served, IndexBackend)
+    extra = Corpus(queries[:2], ["new-0", "new-1"], [{"category": "新"}, {"category": "新"}])
+    assert served.add(extra, progress=False) == "v0002" and served.count == 602
+    assert served.search(queries[:1], 1, filter={"category": "新"}).ids == [["new-0"]]
+    assert "category" in served.keys and served.writable
+    assert other.refresh() is True and other.version == "v0002"  # another process follows
+    assert served.remove(["new-1"]) == "v0003"
+    assert [(v.name, v.current) for v in served.versions()] == [
+        ("v0001", False),
+        ("v0002", False),
+        ("v0003", True),
+    ]
+    with pytest.raises(IndexVersionError, match="current version"):
+        index_pkg.drop_version(root, "v0003")
+    index_pkg.drop_version(root, "v0001")
+    assert [v.name for v in served.versions()] == ["v0002", "v0003"]
+    version_only = index_pkg.load(root / "v0002")
+    assert not version_only.writable and version_only.refresh() is False
+    with pytest.raises(IndexVersionError, match="version directory"):
+        version_only.remove(["new-0"])
+    for loaded in (served, other, version_only):
+        loaded.close()

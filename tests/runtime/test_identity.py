@@ -106,5 +106,3 @@ def test_manifest_files_are_checked_in_one_place(tmp_path: Path) -> None:
     path.write_text("{half", encoding="utf-8")
     with pytest.raises(CnClipError, match="unreadable .* write it again"):
         read()
-    path.write_text(json.dumps({"shards": 3}), encoding="utf-8")
-    assert read(legacy=True)["format_version"] == 1  # written before format fields existed
