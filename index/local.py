@@ -79,6 +79,7 @@ class DirectoryIndex:
         self.is_root = not (self.path / MANIFEST).is_file()
         self._marker = self._read_marker()
         self.current: CatalogIndex = load_version(self.path, **self._options)
+        self._keys: tuple[CatalogIndex, frozenset[str]] | None = None
 
     def _read_marker(self) -> str:
         if not self.is_root:
@@ -121,7 +122,13 @@ class DirectoryIndex:
 
     @property
     def keys(self) -> frozenset[str]:
-        return frozenset(self.current.store.attribute_keys())
+        """Read from the version once (the service asks at every poll)."""
+        current = self.current
+        cached = self._keys
+        if cached is None or cached[0] is not current:
+            cached = (current, frozenset(current.store.attribute_keys()))
+            self._keys = cached
+        return cached[1]
 
     @property
     def texts(self) -> TextSearcher | None:
