@@ -10,7 +10,7 @@ install:
 	# The CPU build of torch comes from the machine's local wheel; install it
 	# first so that the extras below find it satisfied and fetch nothing else.
 	$(BIN)/pip install --quiet torch==2.13.0
-	$(BIN)/pip install --quiet -e ".[serve,train,export,milvus,dev]"
+	$(BIN)/pip install --quiet -e ".[serve,train,export,milvus,distributed,dev]"
 	# The official code, as a parity reference only (it would pull torchvision).
 	$(BIN)/pip install --quiet --no-deps cn_clip==1.6.0
 	# Chromium, Prometheus and a Chinese font from Debian, for the tests and the demo.

@@ -26,6 +26,8 @@ examples:
   cnclip index build --bundle bundles/vit-b-16 --catalog items.jsonl --work-dir work \\
       --out milvus://127.0.0.1:19530/shop --partition-key shop_id
   cnclip index info milvus://127.0.0.1:19530/shop
+  cnclip index embed --bundle bundles/vit-b-16 --catalog items.jsonl --out work --ray \\
+      --actors 2
 
 A catalog is jsonl, one item per line: {"id": str, "image": path-or-URL, "title": str,
 ...attributes}; relative image paths are relative to the catalog's folder; integer ids
@@ -137,6 +139,73 @@ def _cmd_build(args: argparse.Namespace) -> int:
     version = index.build_index(args.out, corpus, **options)
     if not args.quiet:
         print(f"wrote {version} ({len(corpus.ids):,} items); {args.out} serves it", file=sys.stderr)
+    return 0
+
+
+def _refuse(options: dict[str, Any], why: str) -> None:
+    """Refuse the options given (not None) that do not apply to this run."""
+    given = [name for name, value in options.items() if value is not None]
+    if given:
+        raise CnClipError(f"{', '.join(given)}: {why}")
+
+
+def _cmd_embed(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    from index.embed import CATALOG_FETCH
+    from sources.catalog import read_catalog
+
+    catalog = Path(args.catalog)
+    items = read_catalog(catalog)
+    fetch = dataclasses.replace(CATALOG_FETCH, allow_private=args.allow_private_urls)
+    common: dict[str, Any] = {
+        "base_dir": catalog.parent,
+        "batch_size": args.batch_size,
+        "shard_size": args.shard_size,
+        "progress": not args.quiet,
+        "fetch": fetch,
+    }
+    if args.ray is not None:
+        from index.ray_embed import embed_catalog_ray
+
+        _refuse(
+            {"--workers": args.workers, "--threads": args.threads},
+            "for one machine; on Ray give --actors and --cpus-per-actor",
+        )
+
+        result = embed_catalog_ray(
+            args.bundle,
+            items,
+            args.out,
+            address=args.ray,
+            actors=args.actors,
+            cpus_per_actor=args.cpus_per_actor,
+            gpus_per_actor=args.gpus_per_actor,
+            backend=args.backend,
+            **common,
+        )
+    else:
+        ray_only = {
+            "--actors": args.actors,
+            "--cpus-per-actor": args.cpus_per_actor,
+            "--gpus-per-actor": args.gpus_per_actor or None,
+            "--backend": args.backend,
+        }
+        _refuse(ray_only, "for --ray; without it one machine embeds")
+        from index.embed import embed_catalog
+        from runtime.bundle import load_bundle
+
+        bundle = load_bundle(args.bundle, threads=args.threads)
+        result = embed_catalog(bundle, items, args.out, workers=args.workers, **common)
+    if not args.quiet:
+        out = Path(args.out)
+        print(
+            f"{out}: {len(result.ids):,} images embedded ({out / 'embeddings.npy'}, "
+            f"{out / 'ids.txt'}), {len(result.rejects):,} rejects ({out / 'rejects.jsonl'}); "
+            f"index them with: cnclip index build --bundle {args.bundle} --catalog "
+            f"{args.catalog} --work-dir {out} --out INDEX",
+            file=sys.stderr,
+        )
     return 0
 
 
@@ -390,6 +459,50 @@ def add_index_commands(sub: Any) -> None:
     )
     _common(build, switchable=False)
     build.set_defaults(handler=_cmd_build)
+
+    embed = commands.add_parser(
+        "embed",
+        help="embed a catalog's images into a resumable work directory (one machine or Ray)",
+        description="Embed a catalog's images into DIR (shards, ids.txt, embeddings.npy, "
+        "rejects.jsonl); a restarted run skips finished shards. Without --ray one machine "
+        "embeds; with it a Ray cluster does (decoding in tasks, encoding in an actor pool). "
+        "cnclip index build --catalog ... --work-dir DIR then builds without encoding again.",
+    )
+    embed.add_argument("--bundle", required=True, help="the model bundle (cnclip export)")
+    embed.add_argument("--catalog", required=True, help="jsonl catalog: id, image, title, ...")
+    embed.add_argument("--out", required=True, metavar="DIR", help="the work directory")
+    embed.add_argument(
+        "--ray",
+        nargs="?",
+        const="local",
+        metavar="ADDRESS",
+        help="embed on Ray: alone, a local cluster for the run; 'auto' or ray://HOST:10001 "
+        "joins one (needs cnclip[distributed])",
+    )
+    embed.add_argument(
+        "--actors", type=int, help="Ray: encoder actors (default: a GPU or 2 CPUs each)"
+    )
+    embed.add_argument("--cpus-per-actor", type=float, help="Ray: CPUs an actor asks for (<= 1)")
+    embed.add_argument(
+        "--gpus-per-actor", type=float, default=0.0, help="Ray: GPUs an actor asks for (0)"
+    )
+    embed.add_argument(
+        "--backend",
+        help="Ray: the actors' bundle backend (onnxruntime; onnxruntime-cuda with GPUs)",
+    )
+    embed.add_argument("--batch-size", type=int, default=32, help="images per batch (32)")
+    embed.add_argument(
+        "--shard-size", type=int, help="items per shard (8192; a resumed run keeps its own)"
+    )
+    embed.add_argument("--workers", type=int, help="one machine: image decoding threads")
+    embed.add_argument("--threads", type=int, help="one machine: ONNX Runtime threads")
+    embed.add_argument(
+        "--allow-private-urls",
+        action="store_true",
+        help="fetch image URLs on private or loopback addresses too (an internal image host)",
+    )
+    embed.add_argument("-q", "--quiet", action="store_true", help="no progress or summary")
+    embed.set_defaults(handler=_cmd_embed)
 
     evaluate = commands.add_parser(
         "eval",

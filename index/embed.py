@@ -25,6 +25,9 @@ shard's vectors are held until they are written; the joined result is a memory m
 
 Images that are missing, unreadable, too large or not decodable are rejects, never a crash:
 they are appended to ``rejects.jsonl`` as they happen and left out of the result.
+
+:func:`index.ray_embed.embed_catalog_ray` fills the same work directory on a Ray cluster
+through :func:`open_work_dir` and :meth:`WorkDir.write_shard`; either path resumes the other.
 """
 
 from __future__ import annotations
@@ -91,6 +94,8 @@ CATALOG_FETCH: Final = FetchPolicy(timeout_s=30.0, max_bytes=64 << 20, retries=2
 
 _URL = re.compile(r"^([A-Za-z][A-Za-z0-9+.\-]*)://")
 _CHUNK_ROWS: Final = 65536
+DEFAULT_SHARD_SIZE: Final = 8192
+NON_FINITE: Final = "the image encoder gave non-finite values"
 
 Loaded: TypeAlias = "npt.NDArray[np.float32] | str"
 """A preprocessed [3, N, N] image, or why the item is rejected."""
@@ -138,13 +143,141 @@ class EmbeddedCatalog:
 
 
 @dataclass(frozen=True, slots=True)
-class _Shard:
+class Shard:
+    """Catalog items ``start`` up to ``stop``: the unit that is written, and resumed, whole."""
+
     index: int
     start: int
     stop: int
 
     def path(self, work_dir: Path, suffix: str) -> Path:
         return work_dir / f"shard-{self.index:05d}{suffix}"
+
+    def __len__(self) -> int:
+        return self.stop - self.start
+
+
+class WorkDir:
+    """A work directory held under its lock (:func:`open_work_dir`): what is left to embed,
+    and the one writer of shards and rejects, whichever engine produces the vectors."""
+
+    def __init__(
+        self,
+        path: Path,
+        items: Sequence[CatalogItem],
+        shards: Sequence[Shard],
+        done: dict[int, list[dict[str, str]]],
+        dim: int,
+        shard_size: int,
+        log: IO[str],
+    ) -> None:
+        self.path = path
+        self.shard_size = shard_size
+        self.items = items
+        self.shards = shards
+        self.done = done
+        self.dim = dim
+        self._log = log
+
+    @property
+    def todo(self) -> list[Shard]:
+        """The shards still to embed, in catalog order."""
+        return [shard for shard in self.shards if shard.index not in self.done]
+
+    @property
+    def finished(self) -> int:
+        """Catalog items in complete shards (embedded or rejected)."""
+        return sum(len(shard) for shard in self.shards if shard.index in self.done)
+
+    @property
+    def rejected(self) -> int:
+        return sum(len(rejects) for rejects in self.done.values())
+
+    def log_reject(self, entry: dict[str, str]) -> None:
+        """Append a reject to ``rejects.jsonl`` as soon as it is known."""
+        self._log.write(_json_line(entry))
+        self._log.flush()
+
+    def write_shard(
+        self,
+        shard: Shard,
+        ids: Sequence[str],
+        vectors: npt.NDArray[np.float32],
+        rejects: list[dict[str, str]],
+    ) -> None:
+        """Write a complete shard: ids, vectors, then the marker that makes it count."""
+        if len(ids) + len(rejects) != len(shard) or vectors.shape != (len(ids), self.dim):
+            raise DataError(
+                f"shard {shard.index}: {len(ids)} vectors and {len(rejects)} rejects for "
+                f"{len(shard)} items; not written"
+            )
+        _write_atomic(shard.path(self.path, ".ids.txt"), "".join(f"{i}\n" for i in ids).encode())
+        _write_atomic(shard.path(self.path, ".npy"), _npy_bytes(vectors))
+        marker: dict[str, Any] = {
+            "shard": shard.index,
+            "start": shard.start,
+            "stop": shard.stop,
+            "embedded": len(ids),
+            "rejects": rejects,
+        }
+        _write_atomic(shard.path(self.path, ".done.json"), json.dumps(marker).encode())
+        self.done[shard.index] = rejects
+
+    def joined(self) -> EmbeddedCatalog:
+        """All shards as one result (all must be complete)."""
+        missing = [shard.index for shard in self.todo]
+        if missing:
+            raise DataError(f"{self.path}: shards {missing} are not complete; run again to resume")
+        return _joined(self.path, self.items, self.shards, self.done, self.dim)
+
+
+@contextlib.contextmanager
+def open_work_dir(
+    work_dir: str | os.PathLike[str],
+    items: Sequence[CatalogItem],
+    *,
+    bundle_id: str,
+    dim: int,
+    shard_size: int | None = None,
+) -> Iterator[WorkDir]:
+    """Lock a work directory for ``items`` embedded by bundle ``bundle_id``, and resume it.
+
+    A new directory is started with ``shard_size`` (default :data:`DEFAULT_SHARD_SIZE`);
+    an existing one keeps the shard size it was started with (a different one given
+    explicitly is refused). Incomplete shards are cleared; complete ones are kept.
+
+    Raises:
+        DataError: duplicate or empty ids, or a work directory of another bundle or catalog
+            (or in use by another run).
+        ConfigError: a shard size below 1.
+    """
+    work_dir = Path(work_dir)
+    fingerprint = _catalog_fingerprint(items)
+    work_dir.mkdir(parents=True, exist_ok=True)
+    with _locked(work_dir):
+        if shard_size is None:
+            shard_size = _started_shard_size(work_dir) or DEFAULT_SHARD_SIZE
+        _check_positive("shard_size", shard_size)
+        state = {
+            "format": FORMAT,
+            "format_version": FORMAT_VERSION,
+            "bundle_id": bundle_id,
+            "embed_dim": dim,
+            "items": len(items),
+            "ids_sha256": fingerprint,
+            "shard_size": shard_size,
+        }
+        for stale in work_dir.glob(".*.tmp"):
+            stale.unlink(missing_ok=True)
+        _check_progress(work_dir, state)
+        n = len(items)
+        shards = [
+            Shard(k, start, min(start + shard_size, n))
+            for k, start in enumerate(range(0, n, shard_size))
+        ]
+        done = _resume(work_dir, shards, items, dim)
+        with (work_dir / REJECTS).open("a", encoding="utf-8") as log:
+            yield WorkDir(work_dir, items, shards, done, dim, shard_size, log)
 
 
 def embed_catalog(
@@ -155,7 +288,7 @@ def embed_catalog(
     base_dir: str | os.PathLike[str],
     batch_size: int = 32,
     workers: int | None = None,
-    shard_size: int = 8192,
+    shard_size: int | None = None,
     progress: bool = True,
     fetch: FetchPolicy = CATALOG_FETCH,
 ) -> EmbeddedCatalog:
@@ -168,7 +301,8 @@ def embed_catalog(
         base_dir: the folder relative image paths are relative to (the catalog's folder).
         batch_size: images a call of the image encoder.
         workers: threads reading and preprocessing images (default: up to 8, one a CPU).
-        shard_size: items a shard; a resumed run must use the one it started with.
+        shard_size: items a shard (default 8192, or the one a resumed directory was
+            started with; another one is refused).
         progress: show a progress bar on standard error when it is a terminal.
         fetch: how http(s) images are fetched (:mod:`runtime.fetch`, the service's
             fetcher): by default with the SSRF guard on, 64 MiB, 30 s and 2 retries;
@@ -180,52 +314,45 @@ def embed_catalog(
             (or in use by another run).
         ConfigError: a batch size, worker count or shard size below 1.
     """
-    for name, value in (("batch_size", batch_size), ("shard_size", shard_size)):
-        _check_positive(name, value)
+    _check_positive("batch_size", batch_size)
     workers = min(8, os.cpu_count() or 1) if workers is None else workers
     _check_positive("workers", workers)
-    work_dir, base_dir = Path(work_dir), Path(base_dir)
-    dim = bundle.embed_dim
-    state = {
-        "format": FORMAT,
-        "format_version": FORMAT_VERSION,
-        "bundle_id": bundle.bundle_id,
-        "embed_dim": dim,
-        "items": len(items),
-        "ids_sha256": _catalog_fingerprint(items),
-        "shard_size": shard_size,
-    }
-    work_dir.mkdir(parents=True, exist_ok=True)
-    with _locked(work_dir):
-        for stale in work_dir.glob(".*.tmp"):
-            stale.unlink(missing_ok=True)
-        _check_progress(work_dir, state)
-        n = len(items)
-        shards = [
-            _Shard(k, start, min(start + shard_size, n))
-            for k, start in enumerate(range(0, n, shard_size))
-        ]
-        done = _resume(work_dir, shards, items, dim)
-        todo = [shard for shard in shards if shard.index not in done]
-        finished = sum(s.stop - s.start for s in shards if s.index in done)
-        with (
-            (work_dir / REJECTS).open("a", encoding="utf-8") as log,
-            tqdm(
-                total=n,
-                initial=finished,
-                unit="img",
-                desc="embedding images",
-                dynamic_ncols=True,
-                disable=progress_disabled(progress),
-            ) as bar,
-            httpx.Client(timeout=fetch.timeout_s, headers={"User-Agent": "cnclip"}) as http,
-        ):
-            embedder = _ShardEmbedder(bundle, work_dir, batch_size, log, bar)
-            embedder.rejected = sum(len(r) for r in done.values())
-            bar.set_postfix(rejects=embedder.rejected)
-            images = _Images(base_dir, fetch, http)
-            done.update(embedder.run(items, todo, images, workers))
-        return _joined(work_dir, items, shards, done, dim)
+    base_dir = Path(base_dir)
+    with open_work_dir(
+        work_dir, items, bundle_id=bundle.bundle_id, dim=bundle.embed_dim, shard_size=shard_size
+    ) as work:
+        todo = work.todo
+        if todo:
+            with (
+                progress_bar(work, progress) as bar,
+                httpx.Client(timeout=fetch.timeout_s, headers={"User-Agent": "cnclip"}) as http,
+            ):
+                embedder = _ShardEmbedder(bundle, work, batch_size, bar)
+                embedder.run(todo, Images(base_dir, fetch, http), workers)
+        return work.joined()
+
+
+def progress_bar(work: WorkDir, progress: bool) -> tqdm[Any]:
+    """The bar of an embedding run: all catalog items, the finished shards already counted."""
+    bar: tqdm[Any] = tqdm(
+        total=len(work.items),
+        initial=work.finished,
+        unit="img",
+        desc="embedding images",
+        dynamic_ncols=True,
+        disable=progress_disabled(progress),
+    )
+    bar.set_postfix(rejects=work.rejected)
+    return bar
+
+
+def _started_shard_size(work_dir: Path) -> int | None:
+    """The shard size recorded in an existing ``progress.json``; None if there is none."""
+    try:
+        value = json.loads((work_dir / PROGRESS).read_text(encoding="utf-8")).get("shard_size")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
 def _check_positive(name: str, value: int) -> None:
@@ -307,7 +434,7 @@ def _check_progress(work_dir: Path, state: dict[str, Any]) -> None:
 
 
 def _resume(
-    work_dir: Path, shards: Sequence[_Shard], items: Sequence[CatalogItem], dim: int
+    work_dir: Path, shards: Sequence[Shard], items: Sequence[CatalogItem], dim: int
 ) -> dict[int, list[dict[str, str]]]:
     """The rejects of each complete shard; clears the others and rewrites ``rejects.jsonl``.
 
@@ -328,7 +455,7 @@ def _resume(
 
 
 def _complete_rejects(
-    work_dir: Path, shard: _Shard, items: Sequence[CatalogItem], dim: int
+    work_dir: Path, shard: Shard, items: Sequence[CatalogItem], dim: int
 ) -> list[dict[str, str]] | None:
     """The rejects of a complete shard; None when it has to be embedded (again)."""
     try:
@@ -358,7 +485,7 @@ def _is_reject(entry: Any) -> bool:
     )
 
 
-def _forget(work_dir: Path, todo: Sequence[_Shard]) -> None:
+def _forget(work_dir: Path, todo: Sequence[Shard]) -> None:
     """Remove what incomplete shards and the joined files left: markers first."""
     (work_dir / EMBEDDINGS).unlink(missing_ok=True)
     (work_dir / IDS).unlink(missing_ok=True)
@@ -371,38 +498,32 @@ class _ShardEmbedder:
     """Encodes the images of shards as a thread pool delivers them, and writes the shards."""
 
     def __init__(
-        self, bundle: ImageEncoder, work_dir: Path, batch_size: int, log: IO[str], bar: tqdm[Any]
+        self, bundle: ImageEncoder, work: WorkDir, batch_size: int, bar: tqdm[Any]
     ) -> None:
         self.bundle = bundle
-        self.work_dir = work_dir
+        self.work = work
         self.batch_size = batch_size
-        self.log = log
         self.bar = bar
-        self.rejected = 0
+        self.rejected = work.rejected
 
-    def run(
-        self, items: Sequence[CatalogItem], todo: Sequence[_Shard], images: _Images, workers: int
-    ) -> dict[int, list[dict[str, str]]]:
-        load = functools.partial(_load_item, images=images, config=self.bundle.preprocess_config)
+    def run(self, todo: Sequence[Shard], images: Images, workers: int) -> None:
+        load = functools.partial(load_item, images=images, config=self.bundle.preprocess_config)
+        items = self.work.items
         pending = itertools.chain.from_iterable(items[s.start : s.stop] for s in todo)
-        done: dict[int, list[dict[str, str]]] = {}
         pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="cnclip-embed")
         try:
             loaded = _prefetch(pool, pending, load, self.batch_size + 2 * workers)
             for shard in todo:
-                done[shard.index] = self.shard(shard, loaded)
+                self.shard(shard, loaded)
         finally:
             pool.shutdown(wait=True, cancel_futures=True)
-        return done
 
-    def shard(
-        self, shard: _Shard, loaded: Iterator[tuple[CatalogItem, Loaded]]
-    ) -> list[dict[str, str]]:
+    def shard(self, shard: Shard, loaded: Iterator[tuple[CatalogItem, Loaded]]) -> None:
         ids: list[str] = []
         blocks: list[npt.NDArray[np.float32]] = []
         rejects: list[dict[str, str]] = []
         batch: list[tuple[CatalogItem, npt.NDArray[np.float32]]] = []
-        for item, result in itertools.islice(loaded, shard.stop - shard.start):
+        for item, result in itertools.islice(loaded, len(shard)):
             if isinstance(result, str):
                 self.reject(item, result, rejects)
                 continue
@@ -414,19 +535,7 @@ class _ShardEmbedder:
             blocks.append(self.encode(batch, ids, rejects))
         dim = self.bundle.embed_dim
         vectors = np.concatenate(blocks) if blocks else np.zeros((0, dim), dtype=np.float32)
-        _write_atomic(
-            shard.path(self.work_dir, ".ids.txt"), "".join(f"{i}\n" for i in ids).encode()
-        )
-        _write_atomic(shard.path(self.work_dir, ".npy"), _npy_bytes(vectors))
-        marker: dict[str, Any] = {
-            "shard": shard.index,
-            "start": shard.start,
-            "stop": shard.stop,
-            "embedded": len(ids),
-            "rejects": rejects,
-        }
-        _write_atomic(shard.path(self.work_dir, ".done.json"), json.dumps(marker).encode())
-        return rejects
+        self.work.write_shard(shard, ids, vectors, rejects)
 
     def encode(
         self,
@@ -436,24 +545,33 @@ class _ShardEmbedder:
     ) -> npt.NDArray[np.float32]:
         """The batch's unit vectors (rows that are not finite become rejects)."""
         pixels = np.stack([pixels for _, pixels in batch])
-        vectors = _checked_output(self.bundle.encode_pixels(pixels), len(batch), self.bundle)
-        finite = np.asarray(np.isfinite(vectors).all(axis=1), dtype=np.bool_)
+        vectors = checked_output(self.bundle.encode_pixels(pixels), len(batch), self.bundle)
+        finite = finite_rows(vectors)
         for (item, _), ok in zip(batch, finite.tolist(), strict=True):
             if ok:
                 ids.append(item.id)
             else:
-                self.reject(item, "the image encoder gave non-finite values", rejects)
+                self.reject(item, NON_FINITE, rejects)
         self.bar.update(int(finite.sum()))
         return vectors[finite]
 
     def reject(self, item: CatalogItem, error: str, rejects: list[dict[str, str]]) -> None:
-        entry = {"id": item.id, "image": item.image, "error": error}
+        entry = reject_entry(item, error)
         rejects.append(entry)
-        self.log.write(_json_line(entry))
-        self.log.flush()
+        self.work.log_reject(entry)
         self.rejected += 1
         self.bar.update(1)
         self.bar.set_postfix(rejects=self.rejected, refresh=False)
+
+
+def reject_entry(item: CatalogItem, error: str) -> dict[str, str]:
+    """What ``rejects.jsonl`` and a shard's marker record of an image that cannot be used."""
+    return {"id": item.id, "image": item.image, "error": error}
+
+
+def finite_rows(vectors: npt.NDArray[np.float32]) -> npt.NDArray[np.bool_]:
+    """Which rows an encoder gave are usable: the others become rejects (:data:`NON_FINITE`)."""
+    return np.asarray(np.isfinite(vectors).all(axis=1), dtype=np.bool_)
 
 
 def _prefetch(
@@ -474,7 +592,7 @@ def _prefetch(
         yield head, future.result()
 
 
-def _checked_output(
+def checked_output(
     vectors: npt.NDArray[np.float32], rows: int, bundle: ImageEncoder | TextEncoder
 ) -> npt.NDArray[np.float32]:
     array = np.asarray(vectors, dtype=np.float32)
@@ -487,7 +605,7 @@ def _checked_output(
 
 
 @dataclass(frozen=True)
-class _Images:
+class Images:
     """Where a catalog's images come from: files under ``base_dir``, or URLs."""
 
     base_dir: Path
@@ -519,7 +637,7 @@ class _Images:
         )
 
 
-def _load_item(item: CatalogItem, *, images: _Images, config: PreprocessConfig) -> Loaded:
+def load_item(item: CatalogItem, *, images: Images, config: PreprocessConfig) -> Loaded:
     """Runs in the pool: the preprocessed image, or the reason it cannot be used."""
     try:
         source = images.source(item.image)
@@ -532,7 +650,7 @@ def _load_item(item: CatalogItem, *, images: _Images, config: PreprocessConfig) 
 def _joined(
     work_dir: Path,
     items: Sequence[CatalogItem],
-    shards: Sequence[_Shard],
+    shards: Sequence[Shard],
     done: dict[int, list[dict[str, str]]],
     dim: int,
 ) -> EmbeddedCatalog:
@@ -556,7 +674,7 @@ def _joined(
 
 
 def _join_shards(
-    work_dir: Path, shards: Sequence[_Shard], npy: Path, shape: tuple[int, int]
+    work_dir: Path, shards: Sequence[Shard], npy: Path, shape: tuple[int, int]
 ) -> None:
     with atomic_path(npy) as temporary:
         out = np.lib.format.open_memmap(temporary, mode="w+", dtype=np.float32, shape=shape)
@@ -691,6 +809,6 @@ def embed_texts(
         for start in range(0, len(order), batch_size):
             rows = order[start : start + batch_size]
             vectors = bundle.encode_texts([texts[i] for i in rows])
-            out[rows] = _checked_output(vectors, len(rows), bundle)
+            out[rows] = checked_output(vectors, len(rows), bundle)
             bar.update(len(rows))
     return out

@@ -66,9 +66,7 @@ class Bundle:
         self.image_session = image
         self.tokenizer = tokenizer
         self.identity: ModelRef = manifest.ref(file_sha256(directory / MANIFEST))
-        self.preprocess_config = PreprocessConfig(
-            image_size=manifest.image.size, mean=manifest.image.mean, std=manifest.image.std
-        )
+        self.preprocess_config = preprocess_config(manifest, directory)
 
     @property
     def embed_dim(self) -> int:
@@ -227,7 +225,18 @@ def load_bundle(
         )
         for name, tower in manifest.towers.items()
     }
+    return Bundle(path, manifest, sessions["text"], sessions["image"], tokenizer)
+
+
+def preprocess_config(manifest: BundleManifest, path: Path) -> PreprocessConfig:
+    """How the bundle's image tower wants its pixels, from its manifest alone.
+
+    Raises:
+        BundleError: the manifest's image entry is invalid.
+    """
     try:
-        return Bundle(path, manifest, sessions["text"], sessions["image"], tokenizer)
+        return PreprocessConfig(
+            image_size=manifest.image.size, mean=manifest.image.mean, std=manifest.image.std
+        )
     except (ValueError, ConfigError) as exc:
         raise BundleError(f"{path}: the manifest's image entry is invalid ({exc})") from exc
