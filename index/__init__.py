@@ -10,6 +10,9 @@ location; ``index.switch`` and ``index.drop_version`` move between versions;
 ``index.check_bundle`` says from the manifests alone whether a bundle may serve it.
 Building, evaluating and changing FAISS versions live in :mod:`index.build`,
 :mod:`index.recall` and :mod:`index.update`; Milvus's in :mod:`index.milvus`.
+Catalog images become embeddings in a resumable work directory through
+:func:`index.embed.embed_catalog` (one machine) or :func:`index.ray_embed.
+embed_catalog_ray` (a Ray cluster); ``cnclip index build --work-dir`` builds from it.
 """
 
 from __future__ import annotations

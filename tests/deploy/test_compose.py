@@ -27,6 +27,8 @@ COMPOSE_ONLY = {  # .env variables that configure compose itself, not the servic
     "CNCLIP_MEMORY_PER_REPLICA",
     "CNCLIP_GPU_BACKEND",
     "CNCLIP_PUBLISH_HOST",
+    "CNCLIP_MILVUS_REPLICAS",
+    "CNCLIP_MILVUS_INDEX_NAME",
 }
 
 
@@ -74,6 +76,32 @@ def test_the_compose_file_validates(tmp_path: Path) -> None:
     assert {"api-gpu", "dcgm-exporter"} <= set(gpu)
     devices = gpu["api-gpu"]["deploy"]["resources"]["reservations"]["devices"]
     assert devices[0]["capabilities"] == ["gpu"]
+
+
+def test_the_milvus_profile_serves_from_milvus_standalone(tmp_path: Path) -> None:
+    services = compose_config(tmp_path, "--profile", "milvus")["services"]
+    milvus = {"api-milvus", "milvus", "milvus-etcd", "milvus-minio"}
+    assert milvus <= set(services)
+    assert all(services[name]["profiles"] == ["milvus"] for name in milvus)
+    api = services["api-milvus"]
+    assert api["environment"]["CNCLIP_INDEX"] == "milvus://milvus:19530/catalog"
+    assert api["environment"]["CNCLIP_CACHE__REDIS_URL"] == "redis://redis:6379/0"
+    assert api["networks"]["default"]["aliases"] == ["api"]  # behind the gateway
+    assert set(api["depends_on"]) == {"redis", "milvus"}
+    assert api["healthcheck"]["test"] == services["api"]["healthcheck"]["test"]
+    server = services["milvus"]
+    assert server["command"] == ["milvus", "run", "standalone"]
+    assert server["environment"] == {
+        "ETCD_ENDPOINTS": "milvus-etcd:2379",
+        "MINIO_ADDRESS": "milvus-minio:9000",
+    }
+    assert set(server["depends_on"]) == {"milvus-etcd", "milvus-minio"}
+    (port,) = server["ports"]
+    published = port if isinstance(port, str) else f"{port['host_ip']}:{port['published']}"
+    assert published.startswith("127.0.0.1:19530")  # loopback only, for cnclip index build
+    for name in ("Dockerfile.serve", "Dockerfile.gpu"):
+        text = (ROOT / "deploy" / name).read_text(encoding="utf-8")
+        assert re.search(r'pip install "\.\[serve,[a-z,]*milvus\]"', text), name
 
 
 def test_every_env_setting_is_used(tmp_path: Path) -> None:
