@@ -84,6 +84,7 @@ EXACT_SUBSET_MAX = 50_000  # matching sets at most this big are searched exactly
 EXACT_MAX = 100_000  # as index.factory: up to this many vectors, exact search
 HNSW_MAX = 20_000_000  # beyond, an inverted file with PQ codes (memory)
 GPU_MIN = 1_000_000
+LOAD_TIMEOUT_S = 3_600.0  # loading a released version of millions of vectors takes minutes
 EVAL_QUERIES = 1_000
 RELEASE_GRACE_S = 3.0
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,190}$")
@@ -174,9 +175,36 @@ class MilvusLocation:
 # ---------------------------------------------------------------- the connection
 
 
+def _pymilvus() -> Any:
+    """pymilvus, imported without what its import does to the environment: it calls
+    python-dotenv's ``load_dotenv()``, which copies the first ``.env`` file found above
+    pymilvus's own folder (a project's docker-compose settings, when the virtual
+    environment lives in the project) into ``os.environ``, where the service's settings
+    would read it. What the import added is taken out again.
+
+    Raises:
+        ConfigError: pymilvus is not installed.
+    """
+    if "pymilvus" in sys.modules:
+        return sys.modules["pymilvus"]
+    before = set(os.environ)
+    try:
+        import pymilvus
+    except ImportError as exc:
+        raise ConfigError(
+            "the Milvus backend needs pymilvus: pip install 'cnclip[milvus]'"
+        ) from exc
+    finally:
+        for key in set(os.environ) - before:
+            del os.environ[key]
+    return pymilvus
+
+
 def _unreachable(exc: BaseException) -> bool:
     """Whether a pymilvus or gRPC error means the server cannot be reached (not a refusal)."""
     import grpc
+
+    _pymilvus()
     from pymilvus.exceptions import MilvusException, MilvusUnavailableException
 
     if isinstance(exc, MilvusUnavailableException):
@@ -207,12 +235,8 @@ class Connection:
     def client(self) -> Any:
         with self._lock:
             if self._client is None:
-                try:
-                    from pymilvus import MilvusClient
-                except ImportError as exc:
-                    raise ConfigError(
-                        "the Milvus backend needs pymilvus: pip install 'cnclip[milvus]'"
-                    ) from exc
+                _pymilvus()
+                from pymilvus import MilvusClient
 
                 # pymilvus configures its loggers when imported and then logs a traceback
                 # for every failed call; our errors say what happened, once.
@@ -695,6 +719,7 @@ def choose_index(
 def _schema(
     connection: Connection, dim: int, fields: Mapping[str, FieldSpec], partition_key: str | None
 ) -> Any:
+    _pymilvus()
     from pymilvus import DataType
 
     schema = connection.client().create_schema(auto_id=False, enable_dynamic_field=True)
@@ -821,6 +846,7 @@ def _versions(connection: Connection) -> list[tuple[int, str]]:
 
 def current_collection(connection: Connection) -> str | None:
     """The collection the alias names, or None when there is no such alias."""
+    _pymilvus()
     from pymilvus.exceptions import MilvusException
 
     try:
@@ -857,11 +883,17 @@ def _wait_indexed(connection: Connection, collection: str, what: str, timeout_s:
         time.sleep(0.5)
 
 
-def _load(connection: Connection, collection: str, index_type: str, server: ServerInfo) -> None:
+def _load(
+    connection: Connection,
+    collection: str,
+    index_type: str,
+    server: ServerInfo,
+    timeout_s: float = LOAD_TIMEOUT_S,
+) -> None:
     """Load a collection: where the server builds the index. A type it cannot build
     fails here on milvus-lite (it accepted it at create_index)."""
     try:
-        connection.call("load_collection", collection)
+        connection.call("load_collection", collection, timeout=timeout_s)
     except MilvusError as exc:
         raise ConfigError(
             f"{server.describe()} cannot build or load the {index_type} index of "
@@ -869,7 +901,9 @@ def _load(connection: Connection, collection: str, index_type: str, server: Serv
         ) from exc
 
 
-def _scalar_indexes(connection: Connection, collection: str, manifest: MilvusManifest) -> list[str]:
+def _scalar_indexes(
+    connection: Connection, collection: str, manifest: MilvusManifest, timeout_s: float
+) -> list[str]:
     """INVERTED indexes on the scalar attribute fields (faster filters); the server
     may refuse some types (milvus-lite indexes no ARRAY field), which stay unindexed."""
     done = []
@@ -879,7 +913,7 @@ def _scalar_indexes(connection: Connection, collection: str, manifest: MilvusMan
         params = connection.client().prepare_index_params()
         params.add_index(spec.field, index_type="INVERTED", index_name=f"{spec.field}_inverted")
         try:
-            connection.call("create_index", collection, params)
+            connection.call("create_index", collection, params, timeout=timeout_s)
         except MilvusError as exc:
             log.info("no scalar index on %s: %s", spec.field, exc)
             continue
@@ -1066,10 +1100,12 @@ def build_collection(
             index_params.add_index(
                 VECTOR, index_type=choice.index_type, metric_type="IP", params=dict(choice.params)
             )
-            connection.call("create_index", name, index_params)
-            scalar = _scalar_indexes(connection, name, manifest)
+            # A cluster builds in the background (hence the wait below); milvus-lite
+            # builds within the call, which takes minutes for a few hundred thousand.
+            connection.call("create_index", name, index_params, timeout=index_timeout_s)
+            scalar = _scalar_indexes(connection, name, manifest, index_timeout_s)
             _wait_indexed(connection, name, choice.index_type, index_timeout_s)
-            _load(connection, name, choice.index_type, server)
+            _load(connection, name, choice.index_type, server, index_timeout_s)
             described = connection.call("describe_index", name, VECTOR)
             if str(described.get("index_type", "")).upper() != choice.index_type:
                 raise ConfigError(
@@ -1160,7 +1196,7 @@ def switch(
     try:
         name = _version_name(conn, version)
         read_manifest(conn, name)  # refuse a collection cnclip did not finish
-        conn.call("load_collection", name)
+        conn.call("load_collection", name, timeout=LOAD_TIMEOUT_S)
         previous = current_collection(conn)
         if previous is None:
             conn.call("create_alias", name, where.name)

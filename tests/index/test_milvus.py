@@ -5,6 +5,9 @@ place, alias switches under load, and an unreachable server."""
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -27,6 +30,7 @@ from index.synthetic import clip_like_split
 from index.versions import IndexVersionError
 from runtime.errors import DataError
 from runtime.identity import ModelMismatchError, ModelRef
+from tests.conftest import ROOT
 
 MODEL = ModelRef(model_id="m" * 64, bundle_id="b" * 64, precision="fp32")
 COLOURS = ["红", "蓝", "绿"]
@@ -86,6 +90,35 @@ def test_locations_parse_and_refuse_clearly(monkeypatch: pytest.MonkeyPatch) -> 
     ]:
         with pytest.raises(ConfigError, match=message):
             MilvusLocation.parse(bad)
+
+
+def test_importing_pymilvus_leaves_the_environment_as_it_was(tmp_path: Path) -> None:
+    """pymilvus calls load_dotenv() when imported: a .env found above its folder (the
+    compose settings of a project whose .venv is inside it) would reach the service."""
+    dotenv = tmp_path / ".env"
+    dotenv.write_text("CNCLIP_SECURITY__API_KEY=from-a-dotenv\n", encoding="utf-8")
+    code = (
+        "import os, dotenv.main\n"
+        f"dotenv.main.find_dotenv = lambda *args, **kwargs: {str(dotenv)!r}\n"
+        "{how}\n"
+        "print(os.environ.get('CNCLIP_SECURITY__API_KEY'))\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "CNCLIP_SECURITY__API_KEY"}
+
+    def run(how: str) -> str:
+        result = subprocess.run(
+            [sys.executable, "-c", code.format(how=how)],
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert result.returncode == 0, result.stderr
+        return result.stdout.strip()
+
+    assert run("import pymilvus") == "from-a-dotenv"  # what pymilvus does by itself
+    assert run("import index.milvus as m; m._pymilvus(); import pymilvus") == "None"
 
 
 def test_fields_and_filters_are_typed_and_escaped() -> None:
