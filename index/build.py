@@ -30,6 +30,7 @@ from tqdm import tqdm
 
 from index.evaluate import bitmap_selector, drop_ids, exact_qps, exact_search, tune
 from index.factory import IndexChoice, choose_index
+from index.lexical import write_lexical
 from index.store import IDS, ITEMS, create_store, write_ids
 from index.versions import (
     DELETED,
@@ -263,8 +264,10 @@ def _write_corpus(
     vectors: npt.NDArray[np.float32],
     index: Any,
     manifest: IndexManifest,
+    lexicon: Sequence[str],
 ) -> IndexManifest:
     (directory / VECTORS).mkdir()
+    write_lexical(directory, corpus.items, lexicon)
     np.save(directory / VECTORS / "part-00000.npy", vectors)
     write_ids(directory / IDS, corpus.ids)
     create_store(directory / ITEMS, 0, corpus.ids, corpus.items)
@@ -287,12 +290,15 @@ def build_into(
     queries: npt.NDArray[np.float32] | None = None,
     seed: int = 0,
     progress: bool = True,
+    lexicon: Sequence[str] = (),
 ) -> IndexManifest:
     """Build one index into the (empty, existing) ``directory``; returns its manifest.
 
     ``model`` is what the version records of the model that made the vectors
     (:attr:`runtime.bundle.Bundle.identity`, :func:`runtime.bundle_manifest.bundle_ref`);
-    without it the version records none and no bundle can be checked against it.
+    without it the version records none and no bundle can be checked against it. Items
+    with titles also get a lexical index (:mod:`index.lexical`), whose segmenter knows
+    the words of ``lexicon`` (brands, model codes).
     """
     vectors = check_vectors(corpus.vectors, corpus.ids)
     count, dim = vectors.shape
@@ -341,7 +347,7 @@ def build_into(
         timings=timings,
         trained_on=count,
     )
-    manifest = _write_corpus(directory, corpus, vectors, index, manifest)
+    manifest = _write_corpus(directory, corpus, vectors, index, manifest, lexicon)
     log(
         f"  R@10 {manifest.chosen.get('R@10', 1.0):.3f} with "
         f"{dict(manifest.search) or 'exact search'}, {manifest.bytes_per_vector} bytes per vector",
@@ -363,8 +369,12 @@ def build_version(
     seed: int = 0,
     progress: bool = True,
     make_current: bool = True,
+    lexicon: Sequence[str] = (),
 ) -> Path:
-    """A new version under ``root`` (and ``CURRENT`` pointing at it); returns its path."""
+    """A new version under ``root`` (and ``CURRENT`` pointing at it); returns its path.
+
+    ``lexicon``: words for the lexical index's segmenter (:func:`index.lexical.read_lexicon`).
+    """
     root = Path(root)
     with new_version(root) as (staging, name):
         manifest = build_into(
@@ -377,6 +387,7 @@ def build_version(
             queries=queries,
             seed=seed,
             progress=progress,
+            lexicon=lexicon,
         )
         if texts is not None:
             (staging / TEXTS).mkdir()

@@ -27,6 +27,7 @@ import numpy.typing as npt
 
 from index.backend import MAX_K, SearchResult, check_queries
 from index.evaluate import bitmap_selector, search_params
+from index.lexical import LEXICAL_DIR, LexicalIndex
 from index.store import ItemStore
 from index.versions import (
     DELETED,
@@ -104,6 +105,24 @@ class CatalogIndex:
             )
         texts = directory / TEXTS
         self.texts = CatalogIndex(texts, mmap=mmap, gpu=gpu) if texts.is_dir() else None
+        self._lexical: LexicalIndex | None = None
+        self.has_lexical = (directory / LEXICAL_DIR).is_dir()
+
+    @property
+    def lexical(self) -> LexicalIndex | None:
+        """BM25 over the rows' titles (:mod:`index.lexical`), loaded on first use; None
+        for a version built without titles."""
+        if not self.has_lexical:
+            return None
+        with self._lock:
+            if self._lexical is None:
+                self._lexical = LexicalIndex.load(self.directory)
+                if self._lexical is None or self._lexical.count != self.total:
+                    raise IndexVersionError(
+                        f"{self.directory}: the lexical index does not match the version's "
+                        f"{self.total} rows; rebuild the index"
+                    )
+            return self._lexical
 
     @property
     def model(self) -> ModelRef:

@@ -32,6 +32,7 @@ from index.build import (
     measure,
     search_settings,
 )
+from index.lexical import LEXICAL_DIR, version_lexicon, write_lexical
 from index.search import load_vectors
 from index.store import IDS, ITEMS, ItemStore, append_items, mark_deleted, read_ids
 from index.versions import (
@@ -90,6 +91,19 @@ def _finish(
     ).write(staging)
 
 
+def _relex(current: Path, staging: Path, total: int) -> None:
+    """The lexical index of the new version's rows, when the current one has one (or
+    the new items bring the first titles), with the current version's lexicon."""
+    store = ItemStore(staging)
+    try:
+        meta = store.metadata(list(range(total)))
+    finally:
+        store.close()
+    write_lexical(
+        staging, [meta.get(row, {}) for row in range(total)], version_lexicon(current) or ()
+    )
+
+
 def add_items(
     root: str | Path,
     corpus: Corpus,
@@ -142,6 +156,7 @@ def add_items(
         )
         shutil.copy2(current / ITEMS, staging / ITEMS)
         append_items(staging / ITEMS, total, list(corpus.ids), corpus.items)
+        _relex(current, staging, total + len(vectors))
         _share(current / DELETED, staging / DELETED)
         if (current / TEXTS).is_dir():
             _share(current / TEXTS, staging / TEXTS)
@@ -189,6 +204,8 @@ def remove_items(
     with new_version(root) as (staging, name):
         for part in (VECTORS, IDS, INDEX):
             _share(current / part, staging / part)
+        if (current / LEXICAL_DIR).is_dir():  # deleted rows are masked at search
+            _share(current / LEXICAL_DIR, staging / LEXICAL_DIR)
         if (current / TEXTS).is_dir():
             _share(current / TEXTS, staging / TEXTS)
         shutil.copy2(current / ITEMS, staging / ITEMS)
@@ -246,6 +263,7 @@ def compact(
             profile=profile or "quality",
             target=target,
             progress=progress,
+            lexicon=version_lexicon(current) or (),
         )
         if (current / TEXTS).is_dir():
             _share(current / TEXTS, staging / TEXTS)

@@ -1,0 +1,172 @@
+"""Lexical retrieval: jieba words with codes kept whole, and BM25 equal to its formula."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from index.lexical import LEXICAL_DIR, LexicalIndex, Segmenter, read_lexicon
+from index.versions import IndexVersionError
+from runtime.errors import DataError
+
+TITLES = [
+    "红色的杯子",
+    "红色的红色杯子 大号",
+    "蓝色的T恤 XL",
+    "安踏SB-1024篮球鞋",
+    "安踏SB-2048跑鞋",
+    "小米 Redmi K70 手机",
+    "",
+    "绿色的包",
+]
+
+
+@pytest.fixture(scope="module")
+def lexical() -> LexicalIndex:
+    return LexicalIndex.build(TITLES, lexicon=["安踏"])
+
+
+def test_codes_stay_whole_in_either_spelling_and_width() -> None:
+    words = Segmenter()
+    assert words("安踏SB-1024篮球鞋")[1:3] == ["sb-1024", "sb1024"]
+    assert words("ＳＢ－１０２４") == ["sb-1024", "sb1024"]  # full-width, as typed on phones
+    assert words("小米 Redmi K70 手机") == ["小米", "redmi", "k70", "手机"]
+    assert words("GT-2.0跑鞋") == ["gt-2.0", "gt20", "跑鞋"]
+    assert "t恤" in words("蓝色的t恤") and "t恤" in words("蓝色的T恤")  # one word, either case
+    assert {"篮球", "篮球鞋"} <= set(words("篮球鞋"))  # search mode: the words inside too
+    assert words("，。！ ") == []
+
+
+def test_a_lexicon_keeps_a_brand_one_word(tmp_path: Path) -> None:
+    brand = "蓝鲸鸟"
+    assert brand not in Segmenter()(f"{brand}双肩包")
+    lexicon = tmp_path / "brands.txt"
+    lexicon.write_text(f"# 品牌\n{brand} 10 nz\n\n", encoding="utf-8")
+    assert read_lexicon(lexicon) == [brand]
+    assert brand in Segmenter(read_lexicon(lexicon))(f"{brand}双肩包")
+    assert brand not in Segmenter()(f"{brand}双肩包")  # each segmenter its own dictionary
+    with pytest.raises(DataError, match="cannot read the lexicon"):
+        read_lexicon(tmp_path / "missing.txt")
+
+
+def test_scores_are_bm25_as_lucene_defines_it(lexical: LexicalIndex) -> None:
+    docs = [lexical.segmenter(t) for t in TITLES]
+    n, avgdl, k1, b = len(docs), sum(map(len, docs)) / len(docs), 1.2, 0.75
+
+    def bm25(query: str) -> np.ndarray:
+        out = np.zeros(n)
+        for word in set(lexical.segmenter(query)):
+            df = sum(word in doc for doc in docs)
+            if df:
+                idf = math.log(1 + (n - df + 0.5) / (df + 0.5))
+                for i, doc in enumerate(docs):
+                    tf = doc.count(word)
+                    out[i] += idf * tf / (tf + k1 * (1 - b + b * len(doc) / avgdl))
+        return out
+
+    for query in ["红色杯子", "安踏", "sb1024", "红色 红色 杯子", "蓝色的T恤"]:
+        np.testing.assert_allclose(lexical.scores(query), bm25(query), rtol=1e-5, atol=1e-7)
+
+
+def test_search_finds_codes_and_brands_and_nothing_for_unknown_words(
+    lexical: LexicalIndex,
+) -> None:
+    scores, rows = lexical.search("SB1024", 5)
+    assert rows.tolist() == [3] and scores[0] > 0
+    _, rows = lexical.search("安踏 跑鞋", 5)
+    assert rows.tolist()[:2] == [4, 3]
+    scores, rows = lexical.search("火箭发动机", 5)
+    assert len(rows) == len(scores) == 0
+    _, rows = lexical.search("红色杯子", 1)
+    assert rows.tolist() == [0]
+    allowed = np.ones(len(TITLES), dtype=bool)
+    allowed[0] = False
+    _, rows = lexical.search("红色杯子", 5, allowed)
+    assert rows.tolist() == [1]
+    with pytest.raises(DataError, match="k must be positive"):
+        lexical.search("杯子", 0)
+
+
+def test_a_saved_index_loads_memory_mapped_and_scores_the_same(
+    lexical: LexicalIndex, tmp_path: Path
+) -> None:
+    assert LexicalIndex.load(tmp_path) is None  # a version built without one
+    lexical.save(tmp_path)
+    loaded = LexicalIndex.load(tmp_path)
+    assert loaded is not None and loaded.count == len(TITLES)
+    assert loaded.segmenter.lexicon == ("安踏",)
+    for query in ["安踏SB-2048", "红色杯子", "手机"]:
+        np.testing.assert_array_equal(loaded.scores(query), lexical.scores(query))
+    manifest = tmp_path / LEXICAL_DIR / "lexical.json"
+    newer = {**json.loads(manifest.read_text("utf-8")), "format_version": 99}
+    manifest.write_text(json.dumps(newer), encoding="utf-8")
+    with pytest.raises(IndexVersionError, match="newer than this cnclip reads"):
+        LexicalIndex.load(tmp_path)
+    manifest.write_text("{", encoding="utf-8")
+    with pytest.raises(IndexVersionError, match="unreadable lexical index"):
+        LexicalIndex.load(tmp_path)
+
+
+# --------------------------------------------------------------------------- in index versions
+
+
+def unit_rows(n: int, seed: int) -> np.ndarray:
+    rows = np.random.default_rng(seed).standard_normal((n, 16)).astype(np.float32)
+    return rows / np.linalg.norm(rows, axis=1, keepdims=True)
+
+
+def test_versions_carry_their_lexical_index_through_add_remove_and_compact(
+    tmp_path: Path,
+) -> None:
+    from index.build import Corpus, build_version
+    from index.lexical import version_lexicon
+    from index.search import load
+    from index.update import add_items, compact, remove_items
+
+    ids = [f"sku-{i}" for i in range(len(TITLES))]
+    items = [{"title": t, "brand": "安踏"} if t else {} for t in TITLES]
+    root = tmp_path / "shop"
+    first = build_version(
+        root, Corpus(unit_rows(len(ids), 0), ids, items), lexicon=["蓝鲸鸟"], progress=False
+    )
+    catalog = load(first)
+    assert catalog.lexical is not None and catalog.lexical.count == len(TITLES)
+    _, rows = catalog.lexical.search("SB-1024", 3)
+    assert [catalog.store.id_of(int(r)) for r in rows] == ["sku-3"]
+    assert version_lexicon(first) == ("蓝鲸鸟",)
+
+    added = add_items(
+        root,
+        Corpus(unit_rows(1, 1), ["sku-new"], [{"title": "蓝鲸鸟SB-1024双肩包"}]),
+        progress=False,
+    )
+    catalog = load(added)
+    assert catalog.lexical is not None and catalog.lexical.count == len(TITLES) + 1
+    _, rows = catalog.lexical.search("蓝鲸鸟", 3)
+    assert [catalog.store.id_of(int(r)) for r in rows] == ["sku-new"]
+    assert version_lexicon(added) == ("蓝鲸鸟",)
+
+    removed = remove_items(root, ["sku-3"])
+    assert (removed / LEXICAL_DIR / "lexical.json").samefile(added / LEXICAL_DIR / "lexical.json")
+
+    compacted = compact(root, progress=False)
+    catalog = load(compacted)
+    assert catalog.lexical is not None and catalog.lexical.count == len(TITLES)
+    _, rows = catalog.lexical.search("SB-1024", 3)
+    assert [catalog.store.id_of(int(r)) for r in rows] == ["sku-new"]  # sku-3 is gone
+    assert version_lexicon(compacted) == ("蓝鲸鸟",)
+
+
+def test_a_version_without_titles_has_no_lexical_index(tmp_path: Path) -> None:
+    from index.build import Corpus, build_version
+    from index.search import load
+
+    version = build_version(
+        tmp_path / "plain", Corpus(unit_rows(4, 0), list("abcd")), progress=False
+    )
+    assert load(version).lexical is None
+    assert not (version / LEXICAL_DIR).exists()
