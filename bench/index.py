@@ -21,7 +21,7 @@ queries), then R@10 on the held-out queries beside FAISS's default profile on th
 vectors. Recall only: milvus-lite's speed says nothing of a Milvus cluster's. Writes
 ``bench/results/index-milvus.md``::
 
-    .venv/bin/python bench/index.py --backend milvus --n 200000   # about 15 minutes
+    .venv/bin/python bench/index.py --backend milvus --n 200000   # about 20 minutes
 """
 
 from __future__ import annotations
