@@ -174,6 +174,23 @@ class IndexBackend(Protocol):
         vectors); ``k`` results whenever ``k`` items match the filter."""
         ...
 
+    @property
+    def has_lexical(self) -> bool:
+        """Whether :meth:`search_words` can search the items' titles."""
+        ...
+
+    def search_words(
+        self,
+        query: str,
+        k: int = 10,
+        *,
+        filter: Mapping[str, Any] | None = None,
+        with_metadata: bool = False,
+    ) -> SearchResult:
+        """The ``k`` best items for one text by BM25 over their titles (one row; scores
+        are BM25, not cosines; fewer than ``k`` when fewer titles share a word)."""
+        ...
+
     def add(self, corpus: Any, *, model: ModelRef | None = None, **options: Any) -> str:
         """Add a :class:`index.build.Corpus`; returns the version in service after."""
         ...

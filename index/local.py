@@ -157,6 +157,20 @@ class DirectoryIndex:
             with_metadata=with_metadata,
         )
 
+    @property
+    def has_lexical(self) -> bool:
+        return self.current.has_lexical
+
+    def search_words(
+        self,
+        query: str,
+        k: int = 10,
+        *,
+        filter: Mapping[str, Any] | None = None,
+        with_metadata: bool = False,
+    ) -> SearchResult:
+        return self.current.search_words(query, k, filter=filter, with_metadata=with_metadata)
+
     # -- changes ----------------------------------------------------------------------
 
     def _root(self) -> Path:

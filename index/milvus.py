@@ -1313,6 +1313,24 @@ class MilvusIndex:
     def texts(self) -> TextSearcher | None:
         return None
 
+    @property
+    def has_lexical(self) -> bool:
+        return False
+
+    def search_words(
+        self,
+        query: str,
+        k: int = 10,
+        *,
+        filter: Mapping[str, Any] | None = None,
+        with_metadata: bool = False,
+    ) -> SearchResult:
+        """Not on Milvus yet (its BM25 function with the jieba analyzer is the plan)."""
+        raise DataError(
+            f"{self.location}: lexical search is not available on Milvus yet; serve a FAISS "
+            "index directory for it"
+        )
+
     def search(
         self,
         queries: npt.ArrayLike,

@@ -54,12 +54,15 @@ from runtime.images import PreprocessConfig
 from runtime.sessions import BackendOptions
 from sources.catalog import CatalogItem
 
-__all__ = ["LOCAL", "RayPlan", "embed_catalog_ray", "plan_actors"]
+__all__ = ["LOCAL", "RayPlan", "embed_catalog_ray", "plan_actors", "start_local_ray"]
 
 LOCAL: Final = "local"
 """The address that starts a Ray cluster on this machine for the run (``--ray`` alone)."""
 # Rows a Ray block: several batches, never more than a shard (a block is in one shard).
 _BLOCK_BATCHES: Final = 4
+# Ray gives its raylet 30 s to register (not configurable); on a loaded machine it may not.
+_LOCAL_STARTS: Final = 3
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -210,7 +213,7 @@ def _ray(address: str) -> Iterator[Any]:
         }
         try:
             if address == LOCAL:
-                ray.init(**options)
+                start_local_ray(**options)
             else:
                 ray.init(address=address, **options)
         except (ConnectionError, RuntimeError, ValueError) as exc:
@@ -231,6 +234,23 @@ def _ray(address: str) -> Iterator[Any]:
     finally:
         context.execution_options.preserve_order, context.enable_progress_bars = saved
         if started:
+            ray.shutdown()
+
+
+def start_local_ray(**options: Any) -> None:
+    """``ray.init(**options)`` for a cluster on this machine, tried again (up to three
+    times) when its raylet did not register within Ray's fixed 30 s, as on a loaded
+    machine; other errors are raised at once."""
+    import ray
+
+    for attempt in range(1, _LOCAL_STARTS + 1):
+        try:
+            ray.init(**options)
+            return
+        except Exception as exc:
+            if "timed out during startup" not in str(exc) or attempt == _LOCAL_STARTS:
+                raise
+            log.warning("the local Ray cluster did not start (%s); starting it again", exc)
             ray.shutdown()
 
 

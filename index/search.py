@@ -38,7 +38,7 @@ from index.versions import (
     IndexVersionError,
     resolve,
 )
-from runtime.errors import ConfigError
+from runtime.errors import ConfigError, DataError
 from runtime.identity import ModelRef
 
 EXACT_SUBSET_MAX = 50_000  # filters matching at most this many rows are searched exactly
@@ -166,6 +166,40 @@ class CatalogIndex:
             scores, rows = self._exact(q, k, allowed)
         else:
             scores, rows = self._approximate(q, k, nprobe, ef_search, allowed)
+        return self._result(scores, rows, with_metadata)
+
+    def search_words(
+        self,
+        query: str,
+        k: int = 10,
+        *,
+        filter: Mapping[str, Any] | None = None,
+        with_metadata: bool = False,
+    ) -> SearchResult:
+        """The ``k`` best live items for one text by BM25 over their titles (a result of
+        one query; fewer than ``k`` when fewer titles share a word with it).
+
+        Raises:
+            DataError: a bad ``k`` or filter, or a version built without titles.
+        """
+        lexical = self.lexical
+        if lexical is None:
+            raise DataError(
+                f"{self.directory}: this index has no lexical index (its items had no "
+                "titles when it was built); search by vector, or build it from a catalog "
+                "with titles"
+            )
+        if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= MAX_K:
+            raise DataError(f"k must be an integer in [1, {MAX_K}], got {k!r}")
+        allowed = self._live_mask()
+        if filter is not None:
+            allowed = np.zeros(self.total, dtype=bool)
+            allowed[self.store.matching(filter)] = True
+        found, hits = lexical.search(query, k, allowed)
+        scores = np.full((1, k), np.nan, dtype=np.float32)
+        rows = np.full((1, k), -1, dtype=np.int64)
+        scores[0, : len(hits)] = found
+        rows[0, : len(hits)] = hits
         return self._result(scores, rows, with_metadata)
 
     def _exact(

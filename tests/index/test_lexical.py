@@ -170,3 +170,32 @@ def test_a_version_without_titles_has_no_lexical_index(tmp_path: Path) -> None:
     )
     assert load(version).lexical is None
     assert not (version / LEXICAL_DIR).exists()
+
+
+def test_search_words_on_a_version_filters_and_skips_deleted_items(tmp_path: Path) -> None:
+    from index import load
+    from index.build import Corpus, build_version
+
+    ids = [f"sku-{i}" for i in range(len(TITLES))]
+    shops = ["a", "a", "a", "a", "b", "b", "b", "b"]
+    items = [{"title": t, "shop": s} for t, s in zip(TITLES, shops, strict=True)]
+    root = tmp_path / "shop"
+    build_version(root, Corpus(unit_rows(len(ids), 0), ids, items), progress=False)
+    served = load(root)
+    assert served.has_lexical
+    result = served.search_words("安踏", 5, with_metadata=True)
+    assert result.ids == [["sku-4", "sku-3"]]
+    assert result.items is not None and result.items[0][0]["title"] == "安踏SB-2048跑鞋"
+    assert result.scores.shape == (1, 5) and np.isnan(result.scores[0, 2:]).all()
+    assert served.search_words("安踏", 5, filter={"shop": "a"}).ids == [["sku-3"]]
+    served.remove(["sku-3"])
+    served.refresh()
+    assert served.search_words("安踏", 5).ids == [["sku-4"]]
+    assert served.search_words("火箭", 5).ids == [[]]
+    with pytest.raises(DataError, match="k must be an integer"):
+        served.search_words("安踏", 0)
+    plain = tmp_path / "plain"
+    build_version(plain, Corpus(unit_rows(4, 0), list("abcd")), progress=False)
+    assert not load(plain).has_lexical
+    with pytest.raises(DataError, match="no lexical index"):
+        load(plain).search_words("安踏", 5)

@@ -23,7 +23,7 @@ import ray
 
 from cnclip.cli import main
 from index.embed import CATALOG_FETCH, EmbeddedCatalog, embed_catalog
-from index.ray_embed import embed_catalog_ray, plan_actors
+from index.ray_embed import embed_catalog_ray, plan_actors, start_local_ray
 from runtime.bundle import Bundle
 from runtime.errors import ConfigError
 from sources.catalog import CatalogItem, read_catalog
@@ -54,6 +54,33 @@ def test_the_actor_pool_fits_the_cluster() -> None:
         plan_actors(two, backend="cuda")
 
 
+def test_a_local_cluster_whose_raylet_was_late_is_started_again(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Ray gives its raylet a fixed 30 s; on a loaded machine the start is tried again
+    (the real failure cannot be caused on demand, so ray.init fails here twice)."""
+    calls: list[str] = []
+    late = Exception("The current node timed out during startup. This could happen ...")
+
+    def init(**options: Any) -> None:
+        calls.append("init")
+        if calls.count("init") < 3:
+            raise late
+
+    monkeypatch.setattr(ray, "init", init)
+    monkeypatch.setattr(ray, "shutdown", lambda: calls.append("shutdown"))
+    start_local_ray(num_cpus=2)
+    assert calls == ["init", "shutdown", "init", "shutdown", "init"]
+    calls.clear()
+    monkeypatch.setattr(ray, "init", lambda **options: (_ for _ in ()).throw(late))
+    with pytest.raises(Exception, match="timed out during startup"):
+        start_local_ray(num_cpus=2)  # three tries, then the error
+    other = ValueError("num_cpus must be positive")
+    monkeypatch.setattr(ray, "init", lambda **options: (_ for _ in ()).throw(other))
+    with pytest.raises(ValueError, match="num_cpus"):
+        start_local_ray(num_cpus=-1)  # not retried
+
+
 def test_ray_gives_the_one_machine_embeddings_and_rejects(
     bundle: Bundle, bundle_dir: Path, catalog: tuple[Path, list[CatalogItem]], tmp_path: Path
 ) -> None:
@@ -67,7 +94,7 @@ def test_ray_gives_the_one_machine_embeddings_and_rejects(
         shard_size=4,
         progress=False,
     )
-    ray.init(
+    start_local_ray(
         num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING
     )
     try:
