@@ -60,8 +60,11 @@ LOCAL: Final = "local"
 """The address that starts a Ray cluster on this machine for the run (``--ray`` alone)."""
 # Rows a Ray block: several batches, never more than a shard (a block is in one shard).
 _BLOCK_BATCHES: Final = 4
-# Ray gives its raylet 30 s to register (not configurable); on a loaded machine it may not.
+# Ray gives its raylet 30 s to register (not configurable) and its GCS server 30 s to write
+# its port (RAY_gcs_server_port_wait_time_s); on a loaded machine either may be late.
 _LOCAL_STARTS: Final = 3
+_GCS_PORT_WAIT: Final = ("RAY_gcs_server_port_wait_time_s", "120")
+_LATE_STARTS: Final = ("timed out during startup", "Timed out waiting for file")
 log = logging.getLogger(__name__)
 
 
@@ -238,20 +241,29 @@ def _ray(address: str) -> Iterator[Any]:
 
 
 def start_local_ray(**options: Any) -> None:
-    """``ray.init(**options)`` for a cluster on this machine, tried again (up to three
-    times) when its raylet did not register within Ray's fixed 30 s, as on a loaded
-    machine; other errors are raised at once."""
+    """``ray.init(**options)`` for a cluster on this machine. Its GCS server gets 120 s
+    to start rather than Ray's 30 (unless ``RAY_gcs_server_port_wait_time_s`` is set), and
+    the start is tried again (up to three times) when the GCS server or the raylet was
+    late all the same, as on a loaded machine; other errors are raised at once."""
     import ray
 
-    for attempt in range(1, _LOCAL_STARTS + 1):
-        try:
-            ray.init(**options)
-            return
-        except Exception as exc:
-            if "timed out during startup" not in str(exc) or attempt == _LOCAL_STARTS:
-                raise
-            log.warning("the local Ray cluster did not start (%s); starting it again", exc)
-            ray.shutdown()
+    name, wait = _GCS_PORT_WAIT
+    saved = os.environ.get(name)
+    os.environ.setdefault(name, wait)
+    try:
+        for attempt in range(1, _LOCAL_STARTS + 1):
+            try:
+                ray.init(**options)
+                return
+            except Exception as exc:
+                late = any(text in str(exc) for text in _LATE_STARTS)
+                if not late or attempt == _LOCAL_STARTS:
+                    raise
+                log.warning("the local Ray cluster did not start (%s); starting it again", exc)
+                ray.shutdown()
+    finally:
+        if saved is None:
+            os.environ.pop(name, None)
 
 
 def _pipeline(

@@ -30,6 +30,7 @@ from sources.catalog import CatalogItem, read_catalog
 from tests.index.conftest import CountingEncoder, photos
 
 ROOT = Path(__file__).resolve().parents[2]
+GCS_WAIT = "RAY_gcs_server_port_wait_time_s"  # Ray spells it so
 
 
 def assert_same_embeddings(got: EmbeddedCatalog, want: EmbeddedCatalog) -> None:
@@ -57,20 +58,26 @@ def test_the_actor_pool_fits_the_cluster() -> None:
 def test_a_local_cluster_whose_raylet_was_late_is_started_again(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """Ray gives its raylet a fixed 30 s; on a loaded machine the start is tried again
+    """Ray gives its raylet and GCS server 30 s; on a loaded machine the start is tried again
     (the real failure cannot be caused on demand, so ray.init fails here twice)."""
     calls: list[str] = []
     late = Exception("The current node timed out during startup. This could happen ...")
+    gcs_late = RuntimeError("Timed out waiting for file /tmp/ray/session_x/gcs_server_port_y")
+    waits: list[str | None] = []
 
     def init(**options: Any) -> None:
         calls.append("init")
+        waits.append(os.environ.get(GCS_WAIT))
         if calls.count("init") < 3:
-            raise late
+            raise late if len(calls) == 1 else gcs_late
 
     monkeypatch.setattr(ray, "init", init)
     monkeypatch.setattr(ray, "shutdown", lambda: calls.append("shutdown"))
+    monkeypatch.delenv(GCS_WAIT, raising=False)
     start_local_ray(num_cpus=2)
     assert calls == ["init", "shutdown", "init", "shutdown", "init"]
+    assert waits == ["120"] * 3  # the GCS server's wait, for the start only
+    assert GCS_WAIT not in os.environ
     calls.clear()
     monkeypatch.setattr(ray, "init", lambda **options: (_ for _ in ()).throw(late))
     with pytest.raises(Exception, match="timed out during startup"):
