@@ -118,12 +118,13 @@ def _cmd_build(args: argparse.Namespace) -> int:
         )
     options: dict[str, Any] = {"model": model, "target": args.target, "progress": not args.quiet}
     if milvus:
-        if args.text_corpus or args.factory or args.profile:
+        if args.factory or args.profile:
             raise CnClipError(
-                "--text-corpus, --factory and --profile are for FAISS directories; on Milvus "
-                "choose the index with --milvus-index and --milvus-params"
+                "--factory and --profile are for FAISS directories; on Milvus choose the "
+                "index with --milvus-index and --milvus-params"
             )
         options.update(
+            texts=_texts(args),
             index_type=args.milvus_index,
             params=_json_object(args.milvus_params, "--milvus-params"),
             partition_key=args.partition_key,
@@ -258,12 +259,10 @@ def _cross_precision(args: argparse.Namespace) -> int:
     from index.recall import CROSS_REPORT, cross_precision, read_queries
     from runtime.bundle import load_bundle
 
-    if is_milvus(args.dir):
-        raise CnClipError("--bundle (cross-precision) measures FAISS directories only")
     bundle = load_bundle(args.bundle, threads=args.threads)
     reference = None if not args.reference else load_bundle(args.reference, threads=args.threads)
     texts = None if not args.texts else read_queries(args.texts)
-    for root in [Path(args.dir)]:
+    for root in [args.dir]:
         report = cross_precision(root, bundle, reference=reference, texts=texts)
         print(json.dumps(report, ensure_ascii=False))
         lines = [f"{root}: {report['queries']} {report['query_source']} queries, top {report['k']}"]
@@ -288,7 +287,8 @@ def _cross_precision(args: argparse.Namespace) -> int:
                 f"R@1 {ref.get('R@1', 0):.4f}  (the index on the reference's own queries); "
                 f"query cosine min {report['query_cosine']['min']:.5f}"
             )
-        lines.append(f"  written to {Path(report['index']) / CROSS_REPORT}")
+        if not is_milvus(root):
+            lines.append(f"  written to {Path(report['index']) / CROSS_REPORT}")
         print("\n".join(lines), file=sys.stderr)
     return 0
 

@@ -201,6 +201,15 @@ class IndexBackend(Protocol):
 
     def versions(self) -> list[VersionInfo]: ...
 
+    def stored(self) -> tuple[list[str], npt.NDArray[np.float32]]:
+        """The live items' ids and their vectors as stored ``[n, d]`` (for recall: every
+        vector is read, minutes for millions on Milvus)."""
+        ...
+
+    def sample_titles(self, n: int, *, seed: int = 0) -> list[str]:
+        """Up to ``n`` distinct titles of live items (queries that look like the catalog)."""
+        ...
+
     def evaluate(
         self, *, queries: npt.NDArray[np.float32] | None = None, target: float = 0.95
     ) -> list[RecallReport]:

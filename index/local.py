@@ -208,6 +208,15 @@ class DirectoryIndex:
         current = current_name(self.path)
         return [version_info(self.path / name, name == current) for name in versions(self.path)]
 
+    def stored(self) -> tuple[list[str], npt.NDArray[np.float32]]:
+        current = self.current
+        live = np.flatnonzero(current.live_mask())
+        ids = [current.store.id_of(int(row)) for row in live]
+        return ids, np.ascontiguousarray(current.vectors()[live])
+
+    def sample_titles(self, n: int, *, seed: int = 0) -> list[str]:
+        return self.current.sample_titles(n, seed=seed)
+
     def evaluate(
         self, *, queries: npt.NDArray[np.float32] | None = None, target: float = 0.95
     ) -> list[RecallReport]:

@@ -41,7 +41,7 @@ import threading
 import time
 import urllib.parse
 import uuid
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -87,6 +87,7 @@ GPU_MIN = 1_000_000
 LOAD_TIMEOUT_S = 3_600.0  # loading a released version of millions of vectors takes minutes
 EVAL_QUERIES = 1_000
 RELEASE_GRACE_S = 3.0
+TEXTS_SUFFIX = "_texts"  # NAME_vNNNN_texts: a version's text corpus (image-to-text)
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,190}$")
 _FIELD = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
 
@@ -496,6 +497,7 @@ class MilvusManifest:
     recall: Mapping[str, Any] = field(default_factory=dict)
     timings: Mapping[str, float] = field(default_factory=dict)
     server: str = ""
+    texts: str | None = None
     created: str = field(default_factory=now)
     format_version: int = FORMAT_VERSION
 
@@ -527,6 +529,7 @@ class MilvusManifest:
             "recall": dict(self.recall),
             "timings": dict(self.timings),
             "server": self.server,
+            "texts": self.texts,
             "created": self.created,
         }
 
@@ -574,6 +577,7 @@ class MilvusManifest:
                 recall=dict(data.get("recall") or {}),
                 timings=dict(data.get("timings") or {}),
                 server=str(data.get("server", "")),
+                texts=None if data.get("texts") is None else str(data["texts"]),
                 created=str(data.get("created", "")),
                 format_version=int(data["format_version"]),
             )
@@ -1033,6 +1037,7 @@ def build_collection(
     corpus: Any,
     *,
     model: ModelRef | None = None,
+    texts: Any | None = None,
     index_type: str | None = None,
     params: Mapping[str, Any] | None = None,
     partition_key: str | None = None,
@@ -1047,7 +1052,11 @@ def build_collection(
     """A new version (collection ``NAME_vNNNN``) of ``corpus`` (:class:`index.build.
     Corpus`) behind the alias; returns its name. The alias moves to it only when its
     index is built, loaded and measured (``make_current``); a failed build drops the
-    collection it was writing.
+    collections it was writing.
+
+    ``texts``: a text corpus (a Corpus whose items' ``title`` is the text) for image-to-
+    text search, written beside it as ``NAME_vNNNN_texts`` with an index chosen by its
+    size, and switched, released and dropped with it.
 
     Raises:
         ConfigError: an index the server cannot build, bad parameters.
@@ -1061,22 +1070,24 @@ def build_collection(
     count, dim = vectors.shape
     if queries is not None and (queries.ndim != 2 or queries.shape[1] != dim):
         raise DataError(f"held-out queries must be [n, {dim}], got {list(queries.shape)}")
+    text_vectors = None if texts is None else check_vectors(texts.vectors, texts.ids)
+    if text_vectors is not None and text_vectors.shape[1] != dim:
+        raise DataError("the text corpus and the catalog have different dimensions")
     items = list(corpus.items) if corpus.items is not None else None
     fields = plan_fields(items, partition_key)
     connection = Connection(where, timeout_s=60.0)
-    say = print if progress else (lambda *args, **kwargs: None)
     try:
         server = server_info(connection, gpus)
         choice = choose_index(count, dim, server, index_type, params)
         existing = _versions(connection)
         name = where.collection(existing[-1][0] + 1 if existing else 1)
-        say(
-            f"index: {choice.index_type} {dict(choice.params)} for {count:,} x {dim} "
-            f"in {name} on {server.describe()}",
-            file=sys.stderr,
-        )
-        for reason in choice.reasons:
-            say(f"  - {reason}", file=sys.stderr)
+        common: dict[str, Any] = {
+            "server": server,
+            "target": target,
+            "seed": seed,
+            "progress": progress,
+            "timeout_s": index_timeout_s,
+        }
         manifest = MilvusManifest(
             model=model or ModelRef(),
             dim=dim,
@@ -1089,67 +1100,130 @@ def build_collection(
             choice=choice.to_dict(),
             server=server.describe(),
         )
-        connection.call(
-            "create_collection", name, schema=_schema(connection, dim, fields, partition_key)
-        )
         try:
-            _write_manifest(connection, name, manifest.replace(recall={"building": True}))
-            timings = _fill(connection, name, vectors, corpus.ids, items, manifest, progress)
-            start = time.perf_counter()
-            index_params = connection.client().prepare_index_params()
-            index_params.add_index(
-                VECTOR, index_type=choice.index_type, metric_type="IP", params=dict(choice.params)
+            manifest = _build_one(
+                connection, name, choice, manifest, vectors, corpus.ids, items, queries, **common
             )
-            # A cluster builds in the background (hence the wait below); milvus-lite
-            # builds within the call, which takes minutes for a few hundred thousand.
-            connection.call("create_index", name, index_params, timeout=index_timeout_s)
-            scalar = _scalar_indexes(connection, name, manifest, index_timeout_s)
-            _wait_indexed(connection, name, choice.index_type, index_timeout_s)
-            _load(connection, name, choice.index_type, server, index_timeout_s)
-            described = connection.call("describe_index", name, VECTOR)
-            if str(described.get("index_type", "")).upper() != choice.index_type:
-                raise ConfigError(
-                    f"{server.describe()} built a {described.get('index_type')} index where "
-                    f"{choice.index_type} was asked"
+            if texts is not None and text_vectors is not None:
+                text_items = list(texts.items) if texts.items is not None else None
+                text_fields = plan_fields(text_items)
+                text_choice = choose_index(len(text_vectors), dim, server, None, None)
+                text_manifest = manifest.replace(
+                    count=len(text_vectors),
+                    index_type=text_choice.index_type,
+                    build_params=dict(text_choice.params),
+                    fields=text_fields,
+                    partition_key=None,
+                    dynamic_keys=tuple(sorted(_dynamic_keys(text_items, text_fields))),
+                    choice=text_choice.to_dict(),
+                    search={},
+                    recall={},
+                    timings={},
                 )
-            timings["index_s"] = round(time.perf_counter() - start, 2)
-            start = time.perf_counter()
-            report = measure(
-                connection,
-                name,
-                choice.index_type,
-                vectors,
-                corpus.ids,
-                queries=queries,
-                target=target,
-                nlist=choice.params.get("nlist"),
-                note=_speed_note(server),
-                seed=seed,
-            )
-            timings["tune_s"] = round(time.perf_counter() - start, 2)
-            knob = report["knob"]
-            search = {knob: report["chosen"][knob]} if knob else {}
-            manifest = manifest.replace(
-                search=search,
-                recall=report,
-                timings=timings,
-                choice={**choice.to_dict(), "scalar_indexes": scalar},
-            )
-            _write_manifest(connection, name, manifest)
+                text_name = f"{name}{TEXTS_SUFFIX}"
+                _build_one(
+                    connection,
+                    text_name,
+                    text_choice,
+                    text_manifest,
+                    text_vectors,
+                    texts.ids,
+                    text_items,
+                    None,
+                    **common,
+                )
+                manifest = manifest.replace(texts=text_name)
+                _write_manifest(connection, name, manifest)
         except BaseException:
             _drop_quietly(connection, name)
+            _drop_quietly(connection, f"{name}{TEXTS_SUFFIX}")
             raise
-        chosen = manifest.chosen
-        say(
-            f"  R@10 {chosen.get('R@10', 0):.3f} with {search or 'exact search'} "
-            f"({'reached' if report['reached'] else 'below'} the target {target})",
-            file=sys.stderr,
-        )
         if make_current:
             switch(where, name, connection=connection)
         return name
     finally:
         connection.close()
+
+
+def _build_one(
+    connection: Connection,
+    name: str,
+    choice: MilvusIndexChoice,
+    manifest: MilvusManifest,
+    vectors: npt.NDArray[np.float32],
+    ids: Sequence[str],
+    items: list[dict[str, Any]] | None,
+    queries: npt.NDArray[np.float32] | None,
+    *,
+    server: ServerInfo,
+    target: float,
+    seed: int,
+    progress: bool,
+    timeout_s: float,
+) -> MilvusManifest:
+    """One collection: created, filled, indexed, loaded and measured; its manifest, as
+    written into it, returned. The caller drops it when this raises."""
+    say = print if progress else (lambda *args, **kwargs: None)
+    count, dim = vectors.shape
+    say(
+        f"index: {choice.index_type} {dict(choice.params)} for {count:,} x {dim} "
+        f"in {name} on {server.describe()}",
+        file=sys.stderr,
+    )
+    for reason in choice.reasons:
+        say(f"  - {reason}", file=sys.stderr)
+    schema = _schema(connection, dim, manifest.fields, manifest.partition_key)
+    connection.call("create_collection", name, schema=schema)
+    _write_manifest(connection, name, manifest.replace(recall={"building": True}))
+    timings = _fill(connection, name, vectors, ids, items, manifest, progress)
+    start = time.perf_counter()
+    index_params = connection.client().prepare_index_params()
+    index_params.add_index(
+        VECTOR, index_type=choice.index_type, metric_type="IP", params=dict(choice.params)
+    )
+    # A cluster builds in the background (hence the wait below); milvus-lite builds
+    # within the call, which takes minutes for a few hundred thousand.
+    connection.call("create_index", name, index_params, timeout=timeout_s)
+    scalar = _scalar_indexes(connection, name, manifest, timeout_s)
+    _wait_indexed(connection, name, choice.index_type, timeout_s)
+    _load(connection, name, choice.index_type, server, timeout_s)
+    described = connection.call("describe_index", name, VECTOR)
+    if str(described.get("index_type", "")).upper() != choice.index_type:
+        raise ConfigError(
+            f"{server.describe()} built a {described.get('index_type')} index where "
+            f"{choice.index_type} was asked"
+        )
+    timings["index_s"] = round(time.perf_counter() - start, 2)
+    start = time.perf_counter()
+    report = measure(
+        connection,
+        name,
+        choice.index_type,
+        vectors,
+        ids,
+        queries=queries,
+        target=target,
+        nlist=choice.params.get("nlist"),
+        note=_speed_note(server),
+        seed=seed,
+    )
+    timings["tune_s"] = round(time.perf_counter() - start, 2)
+    knob = report["knob"]
+    search = {knob: report["chosen"][knob]} if knob else {}
+    manifest = manifest.replace(
+        search=search,
+        recall=report,
+        timings=timings,
+        choice={**choice.to_dict(), "scalar_indexes": scalar},
+    )
+    _write_manifest(connection, name, manifest)
+    chosen = manifest.chosen
+    say(
+        f"  R@10 {chosen.get('R@10', 0):.3f} with {search or 'exact search'} "
+        f"({'reached' if report['reached'] else 'below'} the target {target})",
+        file=sys.stderr,
+    )
+    return manifest
 
 
 def _fill(
@@ -1179,7 +1253,8 @@ def _fill(
 
 def _drop_quietly(connection: Connection, collection: str) -> None:
     try:
-        connection.call("drop_collection", collection)
+        if connection.call("has_collection", collection):
+            connection.call("drop_collection", collection)
     except CnClipError as exc:
         log.warning("could not drop the unfinished %s: %s", collection, exc)
 
@@ -1195,8 +1270,10 @@ def switch(
     conn = connection or Connection(where)
     try:
         name = _version_name(conn, version)
-        read_manifest(conn, name)  # refuse a collection cnclip did not finish
+        manifest = read_manifest(conn, name)  # refuse a collection cnclip did not finish
         conn.call("load_collection", name, timeout=LOAD_TIMEOUT_S)
+        if manifest.texts:
+            conn.call("load_collection", manifest.texts, timeout=LOAD_TIMEOUT_S)
         previous = current_collection(conn)
         if previous is None:
             conn.call("create_alias", name, where.name)
@@ -1204,7 +1281,9 @@ def switch(
             conn.call("alter_alias", name, where.name)
         if previous is not None and previous != name:
             time.sleep(RELEASE_GRACE_S)
-            conn.call("release_collection", previous)
+            for collection in (previous, f"{previous}{TEXTS_SUFFIX}"):
+                if conn.call("has_collection", collection):
+                    conn.call("release_collection", collection)
     finally:
         if own:
             conn.close()
@@ -1232,6 +1311,7 @@ def drop_version(location: str | MilvusLocation, version: str) -> None:
                 f"{where}: {name} is the current version; switch to another one first"
             )
         connection.call("drop_collection", name)
+        _drop_quietly(connection, f"{name}{TEXTS_SUFFIX}")
     finally:
         connection.close()
 
@@ -1253,6 +1333,7 @@ class MilvusIndex:
         try:
             self._collection, self.manifest, self._revision = self._read_current()
             self._count = self._live_count(self._collection)
+            self._texts = self._open_texts(self.manifest)
         except BaseException:
             self.connection.close()
             raise
@@ -1273,6 +1354,14 @@ class MilvusIndex:
     def _live_count(self, collection: str) -> int:
         rows = self.connection.call("query", collection, filter="", output_fields=["count(*)"])
         return int(rows[0]["count(*)"]) if rows else 0
+
+    def _open_texts(self, manifest: MilvusManifest) -> MilvusTexts | None:
+        """The text corpus of the version ``manifest`` describes, when it has one."""
+        if not manifest.texts:
+            return None
+        text_manifest = read_manifest(self.connection, manifest.texts)
+        count = self._live_count(manifest.texts)
+        return MilvusTexts(self, manifest.texts, text_manifest, count)
 
     # -- what is served ---------------------------------------------------------------
 
@@ -1311,7 +1400,7 @@ class MilvusIndex:
 
     @property
     def texts(self) -> TextSearcher | None:
-        return None
+        return self._texts
 
     @property
     def has_lexical(self) -> bool:
@@ -1347,28 +1436,46 @@ class MilvusIndex:
         as milvus-lite does), and is tried once more."""
         q = check_queries(queries, self.dim, k, nprobe)
         options: dict[str, Any] = {"nprobe": nprobe, "ef_search": ef_search, "filter": filter}
+        return self._following(
+            lambda: (self._collection, self.manifest), q, k, with_metadata, options
+        )
+
+    def _following(
+        self,
+        pick: Callable[[], tuple[str, MilvusManifest]],
+        q: npt.NDArray[np.float32],
+        k: int,
+        with_metadata: bool,
+        options: dict[str, Any],
+    ) -> SearchResult:
+        """A search of the collection ``pick`` names; one that finds it released or
+        dropped follows the alias (``pick`` again after a refresh), or loads it again when
+        the alias still names it, and is tried once more."""
+        collection, manifest = pick()
         try:
-            return self._search(q, k, with_metadata=with_metadata, **options)
+            return self._search(collection, manifest, q, k, with_metadata, **options)
         except MilvusError as exc:
             if not _gone(exc):
                 raise
-            before = self._collection
-            if not self.refresh(self._accept) and self._collection == before:
-                log.warning("%s: loading %s again (%s)", self.location, before, exc)
-                self.connection.call("load_collection", before)
-            return self._search(q, k, with_metadata=with_metadata, **options)
+            self.refresh(self._accept)
+            again, manifest = pick()
+            if again == collection:
+                log.warning("%s: loading %s again (%s)", self.location, collection, exc)
+                self.connection.call("load_collection", collection)
+            return self._search(again, manifest, q, k, with_metadata, **options)
 
     def _search(
         self,
+        collection: str,
+        manifest: MilvusManifest,
         q: npt.NDArray[np.float32],
         k: int,
+        with_metadata: bool,
         *,
         nprobe: int | None,
         ef_search: int | None,
         filter: Mapping[str, Any] | None,
-        with_metadata: bool,
     ) -> SearchResult:
-        collection, manifest = self._collection, self.manifest
         setting = dict(manifest.search)
         knob = KNOBS.get(manifest.index_type, (None, ()))[0]
         if knob == "nprobe" and nprobe is not None:
@@ -1584,6 +1691,20 @@ class MilvusIndex:
             iterator.close()
         return ids, np.asarray(vectors, dtype=np.float32).reshape(len(ids), self.dim)
 
+    def sample_titles(self, n: int, *, seed: int = 0) -> list[str]:
+        """Up to ``n`` distinct titles, drawn (``seed``) from the first ``4 n`` stored."""
+        rows = self.connection.call(
+            "query",
+            self._collection,
+            filter="",
+            output_fields=[TITLE],
+            limit=min(max(n, 1) * 4, EXACT_SUBSET_MAX),
+        )
+        titles = [str(r[TITLE]) for r in rows if isinstance(r.get(TITLE), str)]
+        titles = [t for t in dict.fromkeys(titles) if t.strip()]
+        order = np.random.default_rng(seed).permutation(len(titles))
+        return [titles[i] for i in order[:n]]
+
     def evaluate(
         self, *, queries: npt.NDArray[np.float32] | None = None, target: float = 0.95
     ) -> list[RecallReport]:
@@ -1627,8 +1748,10 @@ class MilvusIndex:
             return False
         if accept is not None:
             accept(manifest.model)
+        texts = self._open_texts(manifest)
         self._collection, self.manifest, self._revision = collection, manifest, revision
         self._count = self._live_count(collection)
+        self._texts = texts
         return True
 
     def ping(self) -> None:
@@ -1637,6 +1760,43 @@ class MilvusIndex:
 
     def close(self) -> None:
         self.connection.close()
+
+
+class MilvusTexts:
+    """A version's text corpus (``NAME_vNNNN_texts``), searched by image: the
+    :class:`index.backend.TextSearcher` of a :class:`MilvusIndex`."""
+
+    def __init__(
+        self, owner: MilvusIndex, collection: str, manifest: MilvusManifest, count: int
+    ) -> None:
+        self.owner, self.collection, self.manifest = owner, collection, manifest
+        self._count = count
+
+    @property
+    def count(self) -> int:
+        return self._count
+
+    def search(
+        self,
+        queries: npt.ArrayLike,
+        k: int = 10,
+        *,
+        nprobe: int | None = None,
+        ef_search: int | None = None,
+        filter: Mapping[str, Any] | None = None,
+        with_metadata: bool = False,
+    ) -> SearchResult:
+        """As :meth:`MilvusIndex.search`, over the texts of the version in service."""
+        q = check_queries(queries, self.manifest.dim, k, nprobe)
+        options: dict[str, Any] = {"nprobe": nprobe, "ef_search": ef_search, "filter": filter}
+        return self.owner._following(self._current, q, k, with_metadata, options)
+
+    def _current(self) -> tuple[str, MilvusManifest]:
+        """The text collection of the version in service now."""
+        texts = self.owner._texts
+        if texts is None:
+            raise DataError(f"{self.owner.location}: the version in service has no text corpus")
+        return texts.collection, texts.manifest
 
 
 def load(location: str, *, timeout_s: float = 10.0) -> MilvusIndex:

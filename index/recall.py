@@ -16,7 +16,8 @@
 
   The reference is a bundle of the same model (``--reference``, typically the one that
   built the index); without it only ``ann`` is measured. Queries are a text file (one
-  per line) or the titles stored with the index's items.
+  per line) or the titles stored with the index's items. Both backends are measured
+  alike, through the backend protocol (the stored vectors read back for exact search).
 """
 
 from __future__ import annotations
@@ -29,10 +30,11 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from index.build import measure, sample_rows
+from index.build import measure
 from index.evaluate import exact_search, recall_at
-from index.search import CatalogIndex, load_vectors
 from index.search import load as load_version
+from index.search import load_vectors
+from index.versions import resolve
 from runtime.errors import DataError
 from runtime.identity import check_serves
 from runtime.manifests import write_json
@@ -90,26 +92,12 @@ def read_queries(path: str | Path) -> list[str]:
     return texts
 
 
-def stored_titles(catalog: CatalogIndex, sample: int, seed: int = 0) -> list[str]:
-    """Up to ``sample`` titles of live items, as queries that look like the catalog."""
-    live = np.setdiff1d(np.arange(catalog.total), catalog.deleted)
-    rows = sample_rows(live, min(len(live), sample * 4), seed=seed)
-    meta = catalog.store.metadata(rows.tolist())
-    titles = [str(m["title"]) for m in meta.values() if isinstance(m.get("title"), str)]
-    titles = [t for t in dict.fromkeys(titles) if t.strip()][:sample]
-    if not titles:
-        raise DataError(
-            f"{catalog.directory}: its items have no titles to query with; give --texts FILE"
-        )
-    return titles
-
-
 def _overlap(found: npt.NDArray[np.int64], truth: npt.NDArray[np.int64]) -> dict[str, float]:
     return {key: round(value, 4) for key, value in recall_at(found, truth).items()}
 
 
 def cross_precision(
-    path: str | Path,
+    location: str | Path,
     bundle: Any,
     *,
     reference: Any | None = None,
@@ -117,55 +105,74 @@ def cross_precision(
     sample: int = QUERY_SAMPLE,
     seed: int = 0,
 ) -> dict[str, Any]:
-    """Recall of ``bundle``'s text queries against the index at ``path`` (a version or a
-    root), as the module documentation describes; written to ``cross-precision.json``.
+    """Recall of ``bundle``'s text queries against the index at ``location`` (a FAISS
+    version or root, or ``milvus://``), as the module documentation describes, through
+    the backend protocol. A FAISS version gets the report as ``cross-precision.json``.
 
     ``bundle`` and ``reference`` are loaded bundles (:func:`runtime.bundle.load_bundle`);
     both must be of the index's model (:func:`runtime.identity.check_serves`).
 
     Raises:
         ModelMismatchError: ``bundle`` or ``reference`` is of another model.
-        DataError: no queries.
+        DataError: no queries, or an empty index.
+        IndexUnavailableError: a Milvus server that cannot be reached.
     """
-    catalog = load_version(path)
+    from index import is_milvus, load
+
+    backend = load(location)
     try:
-        notes = [check_serves(catalog.model, bundle.identity, catalog.directory)]
+        where = backend.location if is_milvus(location) else str(resolve(location))
+        notes = [check_serves(backend.model, bundle.identity, where)]
         if reference is not None:
-            notes.append(check_serves(catalog.model, reference.identity, catalog.directory))
-        queries = list(texts) if texts else stored_titles(catalog, sample, seed)
-        live = np.setdiff1d(np.arange(catalog.total), catalog.deleted)
-        vectors = catalog.vectors()
+            notes.append(check_serves(backend.model, reference.identity, where))
+        queries = list(texts) if texts else backend.sample_titles(sample, seed=seed)
+        if not queries:
+            raise DataError(f"{where}: its items have no titles to query with; give --texts FILE")
+        ids, vectors = backend.stored()
+        if not ids:
+            raise DataError(f"{where}: the index holds no items")
+        position = {item: n for n, item in enumerate(ids)}
+
+        def found(q: npt.NDArray[np.float32]) -> npt.NDArray[np.int64]:
+            """The index's answers as positions in ``ids`` (-1 past the end)."""
+            rows = np.full((len(q), K), -1, dtype=np.int64)
+            for n, answer in enumerate(backend.search(q, K).ids):
+                rows[n, : len(answer)] = [position.get(item, -1) for item in answer]
+            return rows
+
         mine = np.ascontiguousarray(bundle.encode_texts(queries), dtype=np.float32)
-        found = catalog.search(mine, K).rows
-        _, exact_mine = exact_search(vectors, mine, K, valid=live)
+        found_mine = found(mine)
+        _, exact_mine = exact_search(vectors, mine, K)
         report: dict[str, Any] = {
-            "index": str(catalog.directory),
+            "index": where,
+            "version": backend.version,
             "queries": len(queries),
             "query_source": "given" if texts else "item titles",
             "k": K,
-            "search": dict(catalog.manifest.search),
-            "factory": catalog.manifest.factory,
-            "index_model": catalog.model.to_dict(),
+            "search": next((dict(v.search) for v in backend.versions() if v.current), {}),
+            "factory": backend.factory,
+            "index_model": backend.model.to_dict(),
             "bundle": {"path": str(bundle.directory), **bundle.identity.to_dict()},
-            "ann": _overlap(found, exact_mine),
+            "ann": _overlap(found_mine, exact_mine),
             "notes": [n for n in notes if n],
         }
         if reference is not None:
             theirs = np.ascontiguousarray(reference.encode_texts(queries), dtype=np.float32)
             cosines = np.sum(mine * theirs, axis=1)
-            _, exact_theirs = exact_search(vectors, theirs, K, valid=live)
+            _, exact_theirs = exact_search(vectors, theirs, K)
             report["reference"] = {
                 "path": str(reference.directory),
                 **reference.identity.to_dict(),
-                "ann": _overlap(catalog.search(theirs, K).rows, exact_theirs),
+                "ann": _overlap(found(theirs), exact_theirs),
             }
             report["precision"] = _overlap(exact_mine, exact_theirs)
-            report["total"] = _overlap(found, exact_theirs)
+            report["total"] = _overlap(found_mine, exact_theirs)
             report["query_cosine"] = {
                 "min": round(float(cosines.min()), 6),
                 "mean": round(float(cosines.mean()), 6),
             }
     finally:
-        catalog.close()
-    write_json(catalog.directory / CROSS_REPORT, report)
+        backend.close()
+    if not is_milvus(location):
+        write_json(Path(where) / CROSS_REPORT, report)
     return report

@@ -135,7 +135,7 @@ class CatalogIndex:
                 self._vectors = load_vectors(self.directory)
             return self._vectors
 
-    def _live_mask(self) -> npt.NDArray[np.bool_]:
+    def live_mask(self) -> npt.NDArray[np.bool_]:
         """True for every row not deleted (computed once)."""
         with self._lock:
             if self._live is None:
@@ -143,6 +143,16 @@ class CatalogIndex:
                 live[self.deleted] = False
                 self._live = live
             return self._live
+
+    def sample_titles(self, n: int, *, seed: int = 0) -> list[str]:
+        """Up to ``n`` distinct titles of live rows drawn at random (``seed``)."""
+        from index.build import sample_rows
+
+        live = np.flatnonzero(self.live_mask())
+        rows = sample_rows(live, min(len(live), n * 4), seed=seed)
+        meta = self.store.metadata(rows.tolist())
+        titles = [str(m["title"]) for m in meta.values() if isinstance(m.get("title"), str)]
+        return [t for t in dict.fromkeys(titles) if t.strip()][:n]
 
     def search(
         self,
@@ -191,7 +201,7 @@ class CatalogIndex:
             )
         if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= MAX_K:
             raise DataError(f"k must be an integer in [1, {MAX_K}], got {k!r}")
-        allowed = self._live_mask()
+        allowed = self.live_mask()
         if filter is not None:
             allowed = np.zeros(self.total, dtype=bool)
             allowed[self.store.matching(filter)] = True
@@ -233,7 +243,7 @@ class CatalogIndex:
             selector: Any = bitmap_selector(mask)
             expected = min(k, len(allowed))
         elif len(self.deleted):
-            selector = bitmap_selector(self._live_mask())
+            selector = bitmap_selector(self.live_mask())
             expected = min(k, self.count)
         else:
             selector, expected = None, min(k, self.count)
@@ -305,7 +315,7 @@ class CatalogIndex:
         return None
 
     def _live_rows(self) -> npt.NDArray[np.int64]:
-        return np.flatnonzero(self._live_mask()).astype(np.int64)
+        return np.flatnonzero(self.live_mask()).astype(np.int64)
 
     def _result(
         self,

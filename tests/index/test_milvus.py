@@ -22,6 +22,7 @@ from index.evaluate import exact_search
 from index.lite_server import LiteServer
 from index.milvus import (
     ConfigError,
+    Connection,
     MilvusLocation,
     filter_expression,
     plan_fields,
@@ -187,6 +188,43 @@ def test_ivf_sq8_and_hnsw_reach_the_target_recall(
         assert report.chosen["R@10"] >= 0.95 and report.report["points"]
     finally:
         milvus.close()
+
+
+def test_a_text_corpus_is_searched_by_image_and_follows_its_version(
+    server: LiteServer, data: tuple[Corpus, np.ndarray]
+) -> None:
+    corpus, queries = data
+    location = server.location("captions")
+    base, _ = clip_like_split(300, 1, 64, seed=5)
+    text_ids = [f"caption-{i}" for i in range(len(base))]
+    texts = Corpus(base, text_ids, [{"title": f"描述 {i}", "lang": "zh"} for i in text_ids])
+    small = Corpus(corpus.vectors[:500], corpus.ids[:500], (corpus.items or [])[:500])
+    assert index.build_index(location, small, model=MODEL, texts=texts, progress=False) == (
+        "captions_v0001"
+    )
+    served = index.load(location)
+    try:
+        assert served.texts is not None and served.texts.count == 300
+        got = served.texts.search(queries[:20], 5, with_metadata=True)
+        scores, rows = exact_search(base, queries[:20], 5)  # a FLAT index: exact
+        assert got.ids == [[text_ids[r] for r in row] for row in rows]
+        np.testing.assert_allclose(got.scores, scores, atol=1e-5)
+        assert got.items is not None and got.items[0][0]["title"] == f"描述 {got.ids[0][0]}"
+        # The text corpus is no version of its own, and a version without one has none.
+        assert [v.name for v in served.versions()] == ["captions_v0001"]
+        index.build_index(location, small, model=MODEL, progress=False)
+        assert served.refresh() and served.texts is None
+        index.switch(location, "v0001")
+        assert served.refresh() and served.texts is not None
+        assert served.texts.search(queries[:1], 3).ids[0] == got.ids[0][:3]
+        index.switch(location, "v0002")
+        index.drop_version(location, "v0001")  # its text collection goes with it
+        names = set(Connection(MilvusLocation.parse(location)).client().list_collections())
+        assert {n for n in names if n.startswith("captions_")} == {"captions_v0002"}
+    finally:
+        served.close()
+    with pytest.raises(DataError, match="different dimensions"):
+        index.build_index(location, small, texts=Corpus(base[:, :32], text_ids), progress=False)
 
 
 def test_an_index_the_server_cannot_build_fails_clearly(
@@ -404,6 +442,23 @@ def test_the_cli_builds_evaluates_and_lists_on_milvus(
     assert "* cli_v0001: 2,000 items" in capsys.readouterr().out
     assert main(["index", "eval", location]) == 0
     assert "R@10" in capsys.readouterr().err
+    # Cross-precision, as on a directory: the item titles as queries, the same bundle as
+    # its own reference; a FAISS flat index of the same vectors is the exact yardstick.
+    faiss_root = tmp_path / "faiss"
+    assert main([*args, "--out", str(faiss_root), "--factory", "IDMap2,Flat", "-q"]) == 0
+    eval_args = ["--bundle", str(bundle), "--reference", str(bundle)]
+    assert main(["index", "eval", location, *eval_args]) == 0
+    on_milvus = json.loads(capsys.readouterr().out.splitlines()[-1])
+    assert main(["index", "eval", str(faiss_root), *eval_args]) == 0
+    on_faiss = json.loads((faiss_root / "v0001" / "cross-precision.json").read_text("utf-8"))
+    assert on_milvus["query_source"] == "item titles" and on_milvus["queries"] >= 100
+    assert on_milvus["index"] == location and on_milvus["version"] == "cli_v0001"
+    assert on_milvus["precision"]["10-recall@10"] == 1.0  # one bundle: no precision cost
+    assert on_faiss["ann"]["10-recall@10"] == 1.0  # flat: exact
+    # HNSW tuned on catalog vectors loses recall on these text queries (another
+    # distribution: the random tiny model's), as ANN indexes do.
+    assert 0.3 <= on_milvus["ann"]["10-recall@10"] < 1.0
+    assert on_milvus["total"] == on_milvus["ann"]
     assert main(["index", "remove", location, "--id", "sku-1"]) == 0
     assert index.load(location).count == 1999
     assert main([*args, "--out", location, "--milvus-index", "IVF_PQ", "-q"]) == 2
@@ -413,3 +468,9 @@ def test_the_cli_builds_evaluates_and_lists_on_milvus(
     assert main(["index", "compact", location]) == 2
     assert "compacts deleted items away by itself" in capsys.readouterr().err
     assert index.check_bundle(location, bundle) is None
+    # A FLAT version is exact on Milvus too.
+    assert main([*args, "--out", location, "--milvus-index", "flat", "-q"]) == 0
+    capsys.readouterr()
+    assert main(["index", "eval", location, *eval_args]) == 0
+    flat = json.loads(capsys.readouterr().out.splitlines()[-1])
+    assert flat["factory"] == "milvus:FLAT" and flat["ann"]["10-recall@10"] == 1.0

@@ -48,7 +48,10 @@ def test_two_workers_share_one_milvus(
 ) -> None:
     location = milvus.location("photos")
     catalog = _catalog(bundle)
-    index.build_index(location, catalog, model=bundle.identity, progress=False)
+    captions = ["街道上的车", "下雨的街道", "一只猫", "桌上的蛋糕", "踢足球的人", "一碗面"]
+    caption_ids = [f"caption-{i}" for i in range(len(captions))]
+    texts = Corpus(bundle.encode_texts(captions), caption_ids, [{"title": c} for c in captions])
+    index.build_index(location, catalog, model=bundle.identity, texts=texts, progress=False)
     env = {k: v for k, v in os.environ.items() if not k.startswith("CNCLIP_")}
     env.update(
         {
@@ -73,6 +76,17 @@ def test_two_workers_share_one_milvus(
         assert unknown.status_code == 400 and unknown.json()["error"]["code"] == (
             "unknown_filter_field"
         )
+        # Image to text: the version's text corpus on Milvus, exactly as the bundle ranks it.
+        photo = base64.b64encode(photo_bytes(0)).decode()
+        wanted = bundle.encode_images([photos()[0]])[0] @ texts.vectors.T
+        to_text = httpx.post(
+            url + "/v1/search/image",
+            json={"image": {"base64": photo}, "target": "texts", "top_k": 3},
+        )
+        assert to_text.status_code == 200, to_text.text
+        got = [(item["id"], item["metadata"]["title"]) for item in to_text.json()["items"]]
+        best = [int(i) for i in (-wanted).argsort()[:3]]
+        assert got == [(caption_ids[i], captions[i]) for i in best]
 
         # An item added through one worker is found by every worker at once: Milvus is shared.
         image = base64.b64encode(photo_bytes(3)).decode()
@@ -110,6 +124,14 @@ def test_two_workers_share_one_milvus(
                 break
             time.sleep(0.3)
         assert versions == {"photos_v0002"}
+        # v0002 was built without texts: image to text says so, on every worker.
+        for _ in range(4):
+            none = httpx.post(
+                url + "/v1/search/image",
+                json={"image": {"base64": photo}, "target": "texts"},
+                headers={"Connection": "close"},
+            )
+            assert none.status_code == 400 and none.json()["error"]["code"] == "no_text_corpus"
 
         # Milvus down: 503 with a clear error, counted; back: answers again, no restart.
         milvus.stop()
