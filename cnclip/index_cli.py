@@ -44,9 +44,10 @@ def _bundle_facts(path: str) -> tuple[Any, int]:
     return bundle_ref(path), BundleManifest.read(path).embed_dim
 
 
-def _corpus(args: argparse.Namespace, work: Path) -> Any:
-    """The catalog or precomputed embeddings named on the command line, as a Corpus."""
-    from index.build import Corpus, read_records
+def _corpus(args: argparse.Namespace, work: Path, *, titles: bool = True) -> Any:
+    """The catalog or precomputed embeddings named on the command line, as a Corpus
+    (with its titles' embeddings for the relevance calibration when ``titles``)."""
+    from index.build import Corpus, read_records, title_vectors
 
     progress = not args.quiet
     if args.catalog:
@@ -62,6 +63,7 @@ def _corpus(args: argparse.Namespace, work: Path) -> Any:
             workers=args.workers,
             progress=progress,
             allow_private_urls=args.allow_private_urls,
+            titles=titles,
         )
         if embedded.rejects:
             print(
@@ -75,7 +77,13 @@ def _corpus(args: argparse.Namespace, work: Path) -> Any:
 
     vectors, ids = load_embeddings(Path(args.embeddings), Path(args.ids))
     records = read_records(Path(args.items)) if args.items else {}
-    return Corpus(vectors, ids, [records.get(i, {}) for i in ids])
+    items = [records.get(i, {}) for i in ids]
+    encoded = None
+    if titles and args.items:
+        from runtime.bundle import load_bundle
+
+        encoded = title_vectors(load_bundle(args.bundle, threads=args.threads), items)
+    return Corpus(vectors, ids, items, encoded)
 
 
 def _texts(args: argparse.Namespace) -> Any:
@@ -298,7 +306,7 @@ def _cmd_add(args: argparse.Namespace) -> int:
     from index.backend import is_milvus
 
     model, _ = _bundle_facts(args.bundle)
-    corpus = _corpus(args, _work_dir(args, args.dir, ".embeddings-add"))
+    corpus = _corpus(args, _work_dir(args, args.dir, ".embeddings-add"), titles=False)
     loaded = index.load(args.dir)
     try:
         options = {"target": args.target, "progress": not args.quiet}

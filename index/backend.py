@@ -26,6 +26,7 @@ from typing import Any, Protocol, runtime_checkable
 import numpy as np
 import numpy.typing as npt
 
+from index.relevance import Calibration
 from runtime.errors import CnClipError
 from runtime.identity import ModelRef
 
@@ -169,9 +170,12 @@ class IndexBackend(Protocol):
         ef_search: int | None = None,
         filter: Mapping[str, Any] | None = None,
         with_metadata: bool = False,
+        exclude: Mapping[str, Any] | None = None,
     ) -> SearchResult:
         """The ``k`` best items for each float32 ``[n, d]`` query (inner product of unit
-        vectors); ``k`` results whenever ``k`` items match the filter."""
+        vectors) among those that match ``filter`` (every key, any of a key's values)
+        and none of ``exclude`` (no key, none of its values); ``k`` results whenever
+        ``k`` items qualify."""
         ...
 
     @property
@@ -186,9 +190,32 @@ class IndexBackend(Protocol):
         *,
         filter: Mapping[str, Any] | None = None,
         with_metadata: bool = False,
+        exclude: Mapping[str, Any] | None = None,
     ) -> SearchResult:
         """The ``k`` best items for one text by BM25 over their titles (one row; scores
-        are BM25, not cosines; fewer than ``k`` when fewer titles share a word)."""
+        are BM25, not cosines; fewer than ``k`` when fewer titles share a word), with
+        ``filter`` and ``exclude`` as :meth:`search`."""
+        ...
+
+    def fetch_vectors(self, ids: Sequence[str]) -> npt.NDArray[np.float32]:
+        """The stored vectors of items ``ids`` (``[n, d]``; NaN rows for ids not there)."""
+        ...
+
+    def word_coverage(self, text: str, ids: Sequence[str]) -> npt.NDArray[np.float64]:
+        """For each item, the IDF-weighted share of ``text``'s words its title holds, in
+        [0, 1] (zeros where the backend has no lexical index)."""
+        ...
+
+    @property
+    def vocabulary(self) -> Mapping[str, tuple[str, ...]]:
+        """Text values of the attributes a query may name (colours, kinds, brands), for
+        query understanding (:mod:`index.understand`)."""
+        ...
+
+    @property
+    def calibration(self) -> Calibration | None:
+        """How the version in service turns cosines into relevance (None: built before
+        calibration existed)."""
         ...
 
     def add(self, corpus: Any, *, model: ModelRef | None = None, **options: Any) -> str:

@@ -15,6 +15,7 @@ searched with itself left out of the answers (see :func:`measure`).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 import time
@@ -31,6 +32,7 @@ from tqdm import tqdm
 from index.evaluate import bitmap_selector, drop_ids, exact_qps, exact_search, tune
 from index.factory import IndexChoice, choose_index
 from index.lexical import write_lexical
+from index.relevance import Calibration, fit_null, fit_titles
 from index.store import IDS, ITEMS, create_store, write_ids
 from index.versions import (
     DELETED,
@@ -53,11 +55,62 @@ EVAL_QUERIES = 1_000
 
 @dataclass
 class Corpus:
-    """Vectors with their ids and (optionally) catalog records, for one index."""
+    """Vectors with their ids and (optionally) catalog records, for one index.
+
+    ``titles``: the embeddings of the items' titles by the same model (``[n, d]``, zero
+    rows for items without one; :func:`title_vectors`), from which a build fits the
+    version's relevance calibration (:mod:`index.relevance`)."""
 
     vectors: npt.NDArray[np.float32]
     ids: Sequence[str]
     items: Sequence[Mapping[str, Any]] | None = None
+    titles: npt.NDArray[np.float32] | None = None
+
+
+def item_titles(items: Sequence[Mapping[str, Any]] | None, count: int) -> list[str | None]:
+    """Each item's title (None where it has none)."""
+    if items is None:
+        return [None] * count
+    return [
+        t if isinstance(t, str) and t.strip() else None for t in (i.get("title") for i in items)
+    ]
+
+
+def title_vectors(
+    bundle: Any, items: Sequence[Mapping[str, Any]] | None, *, progress: bool = True
+) -> npt.NDArray[np.float32] | None:
+    """The items' titles embedded by ``bundle`` (each distinct title once), zero rows for
+    items without one; None when no item has a title."""
+    from index.embed import embed_texts
+
+    titles = item_titles(items, len(items or ()))
+    distinct = list(dict.fromkeys(t for t in titles if t))
+    if not distinct:
+        return None
+    encoded = embed_texts(bundle, distinct, progress=progress)
+    row = {t: n for n, t in enumerate(distinct)}
+    out = np.zeros((len(titles), encoded.shape[1]), dtype=np.float32)
+    for n, t in enumerate(titles):
+        if t:
+            out[n] = encoded[row[t]]
+    return out
+
+
+def calibrate(corpus: Corpus, vectors: npt.NDArray[np.float32], seed: int = 0) -> Calibration:
+    """The relevance calibration of a corpus (:mod:`index.relevance`): fitted on its
+    titles when it has their embeddings and enough of them, the null one otherwise."""
+    if corpus.titles is not None:
+        if corpus.titles.shape != vectors.shape:
+            raise DataError(
+                f"title embeddings {list(corpus.titles.shape)} for vectors {list(vectors.shape)}"
+            )
+        titles = item_titles(corpus.items, len(vectors))
+        try:
+            return fit_titles(vectors, corpus.titles, titles, seed=seed)
+        except DataError as exc:
+            null = fit_null(vectors, seed=seed)
+            return dataclasses.replace(null, notes=(*null.notes, f"not fitted on titles: {exc}"))
+    return fit_null(vectors, seed=seed)
 
 
 def catalog_corpus(
@@ -69,6 +122,7 @@ def catalog_corpus(
     workers: int | None = None,
     progress: bool = True,
     allow_private_urls: bool = False,
+    titles: bool = True,
 ) -> tuple[Corpus, Any]:
     """A jsonl catalog's images embedded with ``bundle`` as a :class:`Corpus`.
 
@@ -77,9 +131,9 @@ def catalog_corpus(
     and its other attributes. Images that cannot be used are left out: the returned
     :class:`index.embed.EmbeddedCatalog` lists them in ``rejects``. Image URLs are
     fetched by the service's fetcher (:mod:`runtime.fetch`); ``allow_private_urls`` lets
-    it reach hosts on private networks (the SSRF guard is on by default).
+    it reach hosts on private networks (the SSRF guard is on by default). ``titles``:
+    embed the titles too (:attr:`Corpus.titles`, for the relevance calibration).
     """
-    import dataclasses
 
     from index.embed import CATALOG_FETCH, embed_catalog
 
@@ -96,7 +150,9 @@ def catalog_corpus(
         fetch=dataclasses.replace(CATALOG_FETCH, allow_private=allow_private_urls),
     )
     records = {item.id: {"title": item.title, **item.attributes} for item in items}
-    return Corpus(embedded.vectors, embedded.ids, [records[i] for i in embedded.ids]), embedded
+    kept = [records[i] for i in embedded.ids]
+    encoded = title_vectors(bundle, kept, progress=progress) if titles else None
+    return Corpus(embedded.vectors, embedded.ids, kept, encoded), embedded
 
 
 def read_records(path: Path, text_key: str | None = None) -> dict[str, dict[str, Any]]:
@@ -335,6 +391,7 @@ def build_into(
     start = time.perf_counter()
     report = measure(index, vectors, queries, target)
     timings["tune_s"] = round(time.perf_counter() - start, 2)
+    calibration = calibrate(corpus, vectors, seed)
     manifest = IndexManifest(
         model=model or ModelRef(),
         dim=dim,
@@ -346,6 +403,7 @@ def build_into(
         recall=report,
         timings=timings,
         trained_on=count,
+        relevance=calibration.to_dict(),
     )
     manifest = _write_corpus(directory, corpus, vectors, index, manifest, lexicon)
     log(
@@ -353,6 +411,8 @@ def build_into(
         f"{dict(manifest.search) or 'exact search'}, {manifest.bytes_per_vector} bytes per vector",
         file=sys.stderr,
     )
+    ece = "" if calibration.ece is None else f", ECE {calibration.ece:.3f} on held-out items"
+    log(f"  relevance: {calibration.method} ({calibration.source}{ece})", file=sys.stderr)
     return manifest
 
 

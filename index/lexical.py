@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import re
 import threading
@@ -229,6 +230,29 @@ class LexicalIndex:
         if allowed is not None:
             out[~allowed] = 0.0
         return out
+
+    def coverage(self, query: str, rows: npt.ArrayLike) -> npt.NDArray[np.float64]:
+        """For each of ``rows``, the IDF-weighted share of the query's words its title
+        holds, in [0, 1] (:mod:`index.relevance`): a word no title has weighs as much as
+        the rarest possible one, so that ``安踏 自行车`` is half covered by an 安踏 title."""
+        wanted = np.asarray(rows, dtype=np.int64)
+        words = list(dict.fromkeys(self.segmenter(query)))
+        out = np.zeros(len(wanted), dtype=np.float64)
+        if not words or len(wanted) == 0:
+            return out
+        n = max(self.count, 1)
+        total = 0.0
+        for word in words:
+            if word in self._retriever.vocab_dict:
+                present = np.asarray(self._retriever.get_scores([word])) > 0
+                df = int(present.sum())
+            else:
+                present, df = None, 0
+            idf = math.log(1.0 + (n - df + 0.5) / (df + 0.5))
+            total += idf
+            if present is not None:
+                out += idf * present[wanted]
+        return out / total if total > 0 else out
 
     def search(
         self, query: str, k: int, allowed: npt.NDArray[np.bool_] | None = None

@@ -23,6 +23,7 @@ import numpy as np
 import numpy.typing as npt
 
 from index.backend import Accept, RecallReport, SearchResult, TextSearcher, VersionInfo
+from index.relevance import Calibration
 from index.search import CatalogIndex
 from index.search import load as load_version
 from index.versions import (
@@ -147,6 +148,7 @@ class DirectoryIndex:
         ef_search: int | None = None,
         filter: Mapping[str, Any] | None = None,
         with_metadata: bool = False,
+        exclude: Mapping[str, Any] | None = None,
     ) -> SearchResult:
         return self.current.search(
             queries,
@@ -155,6 +157,7 @@ class DirectoryIndex:
             ef_search=ef_search,
             filter=filter,
             with_metadata=with_metadata,
+            exclude=exclude,
         )
 
     @property
@@ -168,8 +171,25 @@ class DirectoryIndex:
         *,
         filter: Mapping[str, Any] | None = None,
         with_metadata: bool = False,
+        exclude: Mapping[str, Any] | None = None,
     ) -> SearchResult:
-        return self.current.search_words(query, k, filter=filter, with_metadata=with_metadata)
+        return self.current.search_words(
+            query, k, filter=filter, with_metadata=with_metadata, exclude=exclude
+        )
+
+    def fetch_vectors(self, ids: Sequence[str]) -> npt.NDArray[np.float32]:
+        return self.current.vectors_of(ids)
+
+    def word_coverage(self, text: str, ids: Sequence[str]) -> npt.NDArray[np.float64]:
+        return self.current.word_coverage(text, ids)
+
+    @property
+    def vocabulary(self) -> Mapping[str, tuple[str, ...]]:
+        return self.current.vocabulary()
+
+    @property
+    def calibration(self) -> Calibration | None:
+        return Calibration.from_dict(self.current.manifest.relevance)
 
     # -- changes ----------------------------------------------------------------------
 

@@ -61,6 +61,7 @@ from index.backend import (
     check_queries,
 )
 from index.evaluate import drop_ids, exact_search, recall_at
+from index.relevance import Calibration
 from index.versions import IndexVersionError, now
 from runtime.errors import CnClipError, ConfigError, DataError
 from runtime.files import progress_disabled
@@ -87,6 +88,8 @@ GPU_MIN = 1_000_000
 LOAD_TIMEOUT_S = 3_600.0  # loading a released version of millions of vectors takes minutes
 EVAL_QUERIES = 1_000
 RELEASE_GRACE_S = 3.0
+VOCABULARY_MAX = 1_000  # as index.search: distinct values of an attribute queries may name
+MIN_ITEMS_KNOWN = 2  # a value already in the vocabulary counts as two items
 TEXTS_SUFFIX = "_texts"  # NAME_vNNNN_texts: a version's text corpus (image-to-text)
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,190}$")
 _FIELD = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
@@ -441,6 +444,21 @@ def literal(value: Any) -> str:
     raise DataError(f"filter value {value!r}: give text, a number or a boolean")
 
 
+def _and_not(
+    expression: str | None, fields: Mapping[str, FieldSpec], exclude: Mapping[str, Any]
+) -> str | None:
+    """``expression`` and none of ``exclude``'s attributes (each key on its own: an item
+    is excluded when it matches any key)."""
+    if not exclude:
+        raise DataError("an exclusion needs at least one attribute")
+    clauses = [] if expression is None else [f"({expression})"]
+    for key, wanted in exclude.items():
+        matched = filter_expression(fields, {key: wanted})
+        if matched is not None:  # None: no item can match it, so none is excluded
+            clauses.append(f"not ({matched})")
+    return " and ".join(clauses) or None
+
+
 def filter_expression(fields: Mapping[str, FieldSpec], conditions: Mapping[str, Any]) -> str | None:
     """The expression for a filter (every key, any of a key's values; a list attribute
     matches any of its elements), or None when no item can match (a value of another
@@ -498,6 +516,8 @@ class MilvusManifest:
     timings: Mapping[str, float] = field(default_factory=dict)
     server: str = ""
     texts: str | None = None
+    relevance: Mapping[str, Any] = field(default_factory=dict)
+    vocabulary: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
     created: str = field(default_factory=now)
     format_version: int = FORMAT_VERSION
 
@@ -530,6 +550,8 @@ class MilvusManifest:
             "timings": dict(self.timings),
             "server": self.server,
             "texts": self.texts,
+            "relevance": dict(self.relevance),
+            "vocabulary": {k: list(v) for k, v in self.vocabulary.items()},
             "created": self.created,
         }
 
@@ -578,6 +600,11 @@ class MilvusManifest:
                 timings=dict(data.get("timings") or {}),
                 server=str(data.get("server", "")),
                 texts=None if data.get("texts") is None else str(data["texts"]),
+                relevance=dict(data.get("relevance") or {}),
+                vocabulary={
+                    str(k): tuple(str(x) for x in v)
+                    for k, v in (data.get("vocabulary") or {}).items()
+                },
                 created=str(data.get("created", "")),
                 format_version=int(data["format_version"]),
             )
@@ -819,6 +846,29 @@ def _dynamic_keys(
         for key, value in item.items()
         if key not in RESERVED and key not in fields and value is not None
     }
+
+
+def _vocabulary(
+    items: Sequence[Mapping[str, Any]] | None,
+    known: Mapping[str, tuple[str, ...]] | None = None,
+) -> dict[str, tuple[str, ...]]:
+    """The attribute values queries may name (:func:`index.understand.vocabulary_of`'s
+    rule) among ``items``, with the ``known`` ones of earlier items kept (a value whose
+    last item was deleted stays until the next version)."""
+    from index.understand import vocabulary_of
+
+    counts: dict[str, dict[str, int]] = {}
+    for key, values in (known or {}).items():
+        counts[key] = dict.fromkeys(values, MIN_ITEMS_KNOWN)
+    for item in items or ():
+        for key, value in item.items():
+            if key in RESERVED:
+                continue
+            for element in value if isinstance(value, list) else [value]:
+                if isinstance(element, str):
+                    seen = counts.setdefault(str(key), {})
+                    seen[element] = seen.get(element, 0) + 1
+    return vocabulary_of(counts, VOCABULARY_MAX)
 
 
 def _record(entity: Mapping[str, Any], manifest: MilvusManifest, item_id: str) -> dict[str, Any]:
@@ -1063,11 +1113,12 @@ def build_collection(
         IndexUnavailableError: the server cannot be reached.
         DataError: bad vectors, ids or attributes.
     """
-    from index.build import check_vectors
+    from index.build import calibrate, check_vectors
 
     where = MilvusLocation.parse(location) if isinstance(location, str) else location
     vectors = check_vectors(corpus.vectors, corpus.ids)
     count, dim = vectors.shape
+    calibration = calibrate(corpus, vectors, seed)
     if queries is not None and (queries.ndim != 2 or queries.shape[1] != dim):
         raise DataError(f"held-out queries must be [n, {dim}], got {list(queries.shape)}")
     text_vectors = None if texts is None else check_vectors(texts.vectors, texts.ids)
@@ -1099,6 +1150,8 @@ def build_collection(
             dynamic_keys=tuple(sorted(_dynamic_keys(items, fields))),
             choice=choice.to_dict(),
             server=server.describe(),
+            relevance=calibration.to_dict(),
+            vocabulary=_vocabulary(items),
         )
         try:
             manifest = _build_one(
@@ -1413,12 +1466,38 @@ class MilvusIndex:
         *,
         filter: Mapping[str, Any] | None = None,
         with_metadata: bool = False,
+        exclude: Mapping[str, Any] | None = None,
     ) -> SearchResult:
         """Not on Milvus yet (its BM25 function with the jieba analyzer is the plan)."""
         raise DataError(
             f"{self.location}: lexical search is not available on Milvus yet; serve a FAISS "
             "index directory for it"
         )
+
+    def fetch_vectors(self, ids: Sequence[str]) -> npt.NDArray[np.float32]:
+        out = np.full((len(ids), self.dim), np.nan, dtype=np.float32)
+        where = {item: n for n, item in enumerate(ids)}
+        wanted = list(where)
+        for start in range(0, len(wanted), 1_000):
+            chunk = wanted[start : start + 1_000]
+            got = self.connection.call(
+                "get", self._collection, ids=chunk, output_fields=[ID, VECTOR]
+            )
+            for row in got:
+                out[where[str(row[ID])]] = np.asarray(row[VECTOR], dtype=np.float32)
+        return out
+
+    def word_coverage(self, text: str, ids: Sequence[str]) -> npt.NDArray[np.float64]:
+        """Zeros: no lexical index on Milvus yet."""
+        return np.zeros(len(ids), dtype=np.float64)
+
+    @property
+    def vocabulary(self) -> Mapping[str, tuple[str, ...]]:
+        return self.manifest.vocabulary
+
+    @property
+    def calibration(self) -> Calibration | None:
+        return Calibration.from_dict(self.manifest.relevance)
 
     def search(
         self,
@@ -1429,13 +1508,19 @@ class MilvusIndex:
         ef_search: int | None = None,
         filter: Mapping[str, Any] | None = None,
         with_metadata: bool = False,
+        exclude: Mapping[str, Any] | None = None,
     ) -> SearchResult:
         """As the protocol says. A search that finds its collection released or dropped
         follows the alias (another process switched it and freed the old version), or
         loads the collection it still names (a server restarted without reloading it,
         as milvus-lite does), and is tried once more."""
         q = check_queries(queries, self.dim, k, nprobe)
-        options: dict[str, Any] = {"nprobe": nprobe, "ef_search": ef_search, "filter": filter}
+        options: dict[str, Any] = {
+            "nprobe": nprobe,
+            "ef_search": ef_search,
+            "filter": filter,
+            "exclude": exclude,
+        }
         return self._following(
             lambda: (self._collection, self.manifest), q, k, with_metadata, options
         )
@@ -1475,6 +1560,7 @@ class MilvusIndex:
         nprobe: int | None,
         ef_search: int | None,
         filter: Mapping[str, Any] | None,
+        exclude: Mapping[str, Any] | None = None,
     ) -> SearchResult:
         setting = dict(manifest.search)
         knob = KNOBS.get(manifest.index_type, (None, ()))[0]
@@ -1487,7 +1573,11 @@ class MilvusIndex:
         rows = np.full((len(q), k), -1, dtype=np.int64)
         ids: list[list[str]] = [[] for _ in range(len(q))]
         items: list[list[dict[str, Any]]] = [[] for _ in range(len(q))]
-        if (filter is not None and expression is None) or len(q) == 0:
+        if filter is not None and expression is None:
+            return SearchResult(scores, rows, ids, items if with_metadata else None)
+        if exclude is not None:
+            expression = _and_not(expression, manifest.fields, exclude)
+        if len(q) == 0:
             return SearchResult(scores, rows, ids, items if with_metadata else None)
         output = self._output_fields(manifest) if with_metadata else []
         hits = _vector_search(
@@ -1595,6 +1685,9 @@ class MilvusIndex:
                 manifest = manifest.replace(
                     dynamic_keys=tuple(sorted(set(manifest.dynamic_keys) | new_keys))
                 )
+            vocabulary = _vocabulary(items, manifest.vocabulary)
+            if vocabulary != manifest.vocabulary:
+                manifest = manifest.replace(vocabulary=vocabulary)
             batches = list(_rows(corpus.ids, vectors, items, manifest))  # all checked first
             bar = tqdm(
                 total=len(corpus.ids),

@@ -17,7 +17,7 @@ decides; faiss-gpu's limits, k and nprobe <= 2048, are the API's limits everywhe
 from __future__ import annotations
 
 import threading
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +43,7 @@ from runtime.identity import ModelRef
 
 EXACT_SUBSET_MAX = 50_000  # filters matching at most this many rows are searched exactly
 MMAP_MIN_BYTES = 1 << 30
+VOCABULARY_MAX = 1_000  # distinct values of an attribute that queries may name
 
 
 def load_vectors(directory: Path) -> npt.NDArray[np.float32]:
@@ -106,6 +107,7 @@ class CatalogIndex:
         texts = directory / TEXTS
         self.texts = CatalogIndex(texts, mmap=mmap, gpu=gpu) if texts.is_dir() else None
         self._lexical: LexicalIndex | None = None
+        self._vocabulary: dict[str, tuple[str, ...]] | None = None
         self.has_lexical = (directory / LEXICAL_DIR).is_dir()
 
     @property
@@ -163,15 +165,17 @@ class CatalogIndex:
         ef_search: int | None = None,
         filter: Mapping[str, Any] | None = None,
         with_metadata: bool = False,
+        exclude: Mapping[str, Any] | None = None,
     ) -> SearchResult:
-        """The ``k`` best items for each query (inner product of unit vectors).
+        """The ``k`` best items for each query (inner product of unit vectors), among
+        those matching ``filter`` and none of ``exclude``'s attributes.
 
         Raises:
             DataError: queries of the wrong shape or with non-finite values, a bad ``k``,
-                ``nprobe`` or filter.
+                ``nprobe``, filter or exclusion.
         """
         q = check_queries(queries, self.dim, k, nprobe)
-        allowed = None if filter is None else self.store.matching(filter)
+        allowed = self._allowed_rows(filter, exclude)
         if allowed is not None and len(allowed) <= EXACT_SUBSET_MAX:
             scores, rows = self._exact(q, k, allowed)
         else:
@@ -185,9 +189,11 @@ class CatalogIndex:
         *,
         filter: Mapping[str, Any] | None = None,
         with_metadata: bool = False,
+        exclude: Mapping[str, Any] | None = None,
     ) -> SearchResult:
         """The ``k`` best live items for one text by BM25 over their titles (a result of
-        one query; fewer than ``k`` when fewer titles share a word with it).
+        one query; fewer than ``k`` when fewer titles share a word with it), among those
+        matching ``filter`` and none of ``exclude``'s attributes.
 
         Raises:
             DataError: a bad ``k`` or filter, or a version built without titles.
@@ -202,15 +208,61 @@ class CatalogIndex:
         if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= MAX_K:
             raise DataError(f"k must be an integer in [1, {MAX_K}], got {k!r}")
         allowed = self.live_mask()
-        if filter is not None:
+        rows = self._allowed_rows(filter, exclude)
+        if rows is not None:
             allowed = np.zeros(self.total, dtype=bool)
-            allowed[self.store.matching(filter)] = True
+            allowed[rows] = True
         found, hits = lexical.search(query, k, allowed)
         scores = np.full((1, k), np.nan, dtype=np.float32)
         rows = np.full((1, k), -1, dtype=np.int64)
         scores[0, : len(hits)] = found
         rows[0, : len(hits)] = hits
         return self._result(scores, rows, with_metadata)
+
+    def _allowed_rows(
+        self, filter: Mapping[str, Any] | None, exclude: Mapping[str, Any] | None
+    ) -> npt.NDArray[np.int64] | None:
+        """The live rows a filter and an exclusion leave (None: every live row)."""
+        allowed = None if filter is None else self.store.matching(filter)
+        if exclude is None:
+            return allowed
+        removed = self.store.matching_any(exclude)
+        if allowed is None:
+            allowed = self._live_rows()
+        return np.setdiff1d(allowed, removed, assume_unique=True).astype(np.int64)
+
+    def vectors_of(self, ids: Sequence[str]) -> npt.NDArray[np.float32]:
+        """The stored vectors of live items ``ids`` (``[n, d]``; NaN rows for ids that
+        are not there)."""
+        rows = self.store.rows_of(list(ids))
+        out = np.full((len(ids), self.dim), np.nan, dtype=np.float32)
+        found = [(n, rows[i]) for n, i in enumerate(ids) if i in rows]
+        if found:
+            where, which = zip(*found, strict=True)
+            out[list(where)] = self.vectors()[list(which)]
+        return out
+
+    def word_coverage(self, query: str, ids: Sequence[str]) -> npt.NDArray[np.float64]:
+        """The share of ``query``'s words each item's title holds (0 without a lexical
+        index or for ids not there; :meth:`index.lexical.LexicalIndex.coverage`)."""
+        lexical = self.lexical
+        out = np.zeros(len(ids), dtype=np.float64)
+        if lexical is None or not ids:
+            return out
+        rows = self.store.rows_of(list(ids))
+        found = [(n, rows[i]) for n, i in enumerate(ids) if i in rows]
+        if found:
+            where, which = zip(*found, strict=True)
+            out[list(where)] = lexical.coverage(query, list(which))
+        return out
+
+    def vocabulary(self) -> dict[str, tuple[str, ...]]:
+        """The attribute values a query may name (:meth:`index.store.ItemStore.
+        vocabulary`), read once."""
+        with self._lock:
+            if self._vocabulary is None:
+                self._vocabulary = self.store.vocabulary(VOCABULARY_MAX)
+            return self._vocabulary
 
     def _exact(
         self, q: npt.NDArray[np.float32], k: int, allowed: npt.NDArray[np.int64]

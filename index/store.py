@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from index.understand import vocabulary_of
 from runtime.errors import DataError
 
 IDS = "ids.npy"
@@ -187,6 +188,28 @@ class ItemStore:
     def attribute_keys(self) -> set[str]:
         """Every attribute name a filter can use."""
         return {str(k) for (k,) in self._db().execute("SELECT DISTINCT key FROM attributes")}
+
+    def vocabulary(self, max_values: int) -> dict[str, tuple[str, ...]]:
+        """The text values of live items' attributes that queries may name
+        (:func:`index.understand.vocabulary_of`'s rule)."""
+        query = (
+            "SELECT key, value, COUNT(*) FROM attributes WHERE row IN "
+            "(SELECT row FROM items WHERE deleted = 0) AND value LIKE '\"%' GROUP BY key, value"
+        )
+        counts: dict[str, dict[str, int]] = {}
+        for key, value, count in self._db().execute(query):
+            text = json.loads(value)
+            if isinstance(text, str):
+                counts.setdefault(str(key), {})[text] = int(count)
+        return vocabulary_of(counts, max_values)
+
+    def matching_any(self, conditions: Mapping[str, Any]) -> npt.NDArray[np.int64]:
+        """Sorted live rows that match at least one key of ``conditions`` (the rows an
+        exclusion removes)."""
+        parts = [self.matching({key: wanted}) for key, wanted in conditions.items()]
+        if not parts:
+            raise DataError("an exclusion needs at least one attribute")
+        return np.unique(np.concatenate(parts)).astype(np.int64)
 
     def matching(self, conditions: Mapping[str, Any]) -> npt.NDArray[np.int64]:
         """Sorted live rows whose attributes match every key (any of a key's values)."""

@@ -64,7 +64,9 @@ class IndexManifest:
     ``model``: the model whose vectors the version holds (:mod:`runtime.identity`);
     ``count`` live items of ``total`` rows (``deleted`` removed); ``factory`` the FAISS
     factory string and ``choice`` why it was chosen; ``search`` the tuned search setting
-    (nprobe, ef_search, k_factor) and ``recall`` the measurement it came from.
+    (nprobe, ef_search, k_factor) and ``recall`` the measurement it came from;
+    ``relevance`` the calibration of cosines into relevance (:class:`index.relevance.
+    Calibration`), fitted at build and kept through add and remove.
     """
 
     model: ModelRef
@@ -82,6 +84,7 @@ class IndexManifest:
     created: str = field(default_factory=now)
     bytes_per_vector: float | None = None
     parent: str | None = None
+    relevance: Mapping[str, Any] = field(default_factory=dict)
     format_version: int = FORMAT_VERSION
 
     @property
@@ -110,6 +113,7 @@ class IndexManifest:
             "trained_on": self.trained_on,
             "created": self.created,
             "bytes_per_vector": self.bytes_per_vector,
+            "relevance": dict(self.relevance),
         }
         if self.parent is not None:
             out["parent"] = self.parent
@@ -140,6 +144,7 @@ class IndexManifest:
                 created=str(data.get("created", "")),
                 bytes_per_vector=data.get("bytes_per_vector"),
                 parent=data.get("parent"),
+                relevance=dict(data.get("relevance") or {}),
                 format_version=int(data["format_version"]),
             )
         except (KeyError, TypeError, ValueError) as exc:

@@ -19,6 +19,7 @@ import numpy as np
 import numpy.typing as npt
 
 from index.backend import IndexUnavailableError
+from index.hybrid import Answer, Boost, ProductQuery, TextPlan, plan_text, product_search
 from runtime.bundle import Bundle
 from runtime.images import load_image, preprocess
 from runtime.retrieval import class_embeddings
@@ -35,7 +36,9 @@ from service.schemas import (
     ClassifyRequest,
     ImageInput,
     ImageSearchRequest,
+    MultimodalSearchRequest,
     SearchOptions,
+    TextOptions,
     TextSearchRequest,
 )
 from service.settings import Settings
@@ -209,86 +212,258 @@ class Engine:
                 "invalid_request",
                 f"top_k is {request.top_k}; the limit is {self.limits.max_top_k}",
             )
-        if request.filter is not None:
-            if not request.filter:
-                raise ApiError(400, "invalid_filter", "the filter is empty; leave it out")
-            unknown = sorted(set(request.filter) - served.keys)
+        known = ", ".join(sorted(served.keys)[:20]) or "none"
+        for name, conditions in (("filter", request.filter), ("exclude", request.exclude)):
+            if conditions is None:
+                continue
+            if not conditions:
+                raise ApiError(400, "invalid_filter", f"the {name} is empty; leave it out")
+            unknown = sorted(set(conditions) - served.keys)
             if unknown:
-                known = ", ".join(sorted(served.keys)[:20]) or "none"
                 raise ApiError(
                     400,
                     "unknown_filter_field",
-                    f"unknown filter field {unknown[0]!r}; this index can filter on: {known}",
+                    f"unknown {name} field {unknown[0]!r}; this index can filter on: {known}",
                 )
-            for key, value in request.filter.items():
+            for key, value in conditions.items():
                 if isinstance(value, list) and not value:
-                    raise ApiError(400, "invalid_filter", f"filter {key!r}: empty list")
+                    raise ApiError(400, "invalid_filter", f"{name} {key!r}: empty list")
+        if request.group_by is not None and request.group_by not in served.keys:
+            raise ApiError(
+                400,
+                "unknown_group_by_field",
+                f"unknown group_by field {request.group_by!r}; this index has: {known}",
+            )
+        for boost in request.boost or ():
+            if boost.field not in served.keys:
+                raise ApiError(
+                    400,
+                    "unknown_boost_field",
+                    f"unknown boost field {boost.field!r}; this index has: {known}",
+                )
 
-    async def _search(
-        self, served: Served, row: Rows, request: SearchOptions, target: str
+    async def _run(self, call: Any) -> Any:
+        """A blocking index call on the search threads; Milvus down is counted."""
+        loop = asyncio.get_running_loop()
+        try:
+            return await loop.run_in_executor(self._searchers, call)
+        except IndexUnavailableError:
+            self.metrics.index_unavailable.labels(operation="search").inc()
+            raise
+
+    async def _search_texts(
+        self, served: Served, row: Rows, request: ImageSearchRequest
     ) -> list[dict[str, Any]]:
-        index = served.index if target == "images" else served.texts
-        if index is None:
+        """Image to text: the version's text corpus, with relevance on the catalog's
+        calibration (a cosine is symmetric)."""
+        texts = served.texts
+        if texts is None:
             raise ApiError(
                 400,
                 "no_text_corpus",
                 "this index has no text corpus to search (cnclip index build --text-corpus)",
             )
-        start = time.perf_counter()
-        loop = asyncio.get_running_loop()
-        try:
-            result = await loop.run_in_executor(
-                self._searchers,
-                lambda: index.search(
-                    row[None, :],
-                    request.top_k,
-                    nprobe=request.nprobe,
-                    filter=request.filter if target == "images" else None,
-                    with_metadata=True,
-                ),
+        if request.filter is not None or request.exclude is not None:
+            raise ApiError(400, "invalid_filter", "filters apply to image searches only")
+        if request.group_by is not None or request.boost:
+            raise ApiError(
+                400, "invalid_request", "group_by and boost apply to image searches only"
             )
-        except IndexUnavailableError:
-            self.metrics.index_unavailable.labels(operation="search").inc()
-            raise
-        self.metrics.search_time.labels(target=target).observe(time.perf_counter() - start)
+        start = time.perf_counter()
+        result = await self._run(
+            lambda: texts.search(
+                row[None, :], request.top_k, nprobe=request.nprobe, with_metadata=True
+            )
+        )
+        self.metrics.search_time.labels(target="texts").observe(time.perf_counter() - start)
+        calibration = served.index.calibration
         assert result.items is not None
         items = []
         for score, record in zip(result.scores[0], result.items[0], strict=False):
+            relevance = float(calibration.relevance([score])[0]) if calibration is not None else 0.0
+            if relevance < (request.min_relevance or 0.0):
+                continue
             meta = {k: v for k, v in record.items() if k != "id"}
-            items.append({"id": record["id"], "score": round(float(score), 6), "metadata": meta})
+            items.append(
+                {
+                    "id": record["id"],
+                    "score": round(float(score), 6),
+                    "relevance": round(relevance, 6),
+                    "metadata": meta,
+                }
+            )
         return items
+
+    async def _product(
+        self,
+        served: Served,
+        request: SearchOptions,
+        *,
+        text: str | None,
+        image: Rows | None,
+        weights: tuple[float, float],
+        default_relevance: float,
+        deadline: float,
+    ) -> dict[str, Any]:
+        """A product search (:mod:`index.hybrid`): the text read for negation and
+        attribute words, embedded with its negated phrases, summed with the image's
+        embedding, and searched in the request's mode; the response body."""
+        index = served.index
+        options = request if isinstance(request, TextOptions) else None
+        understand = options.understand if options is not None else False
+        plan = TextPlan("", request.filter, request.exclude, (), None)
+        if text is not None:
+            plan = plan_text(
+                index,
+                text,
+                understand=understand,
+                filter=request.filter,
+                exclude=request.exclude,
+            )
+        mode = options.mode if options is not None else None
+        if mode is None:
+            mode = "hybrid" if text is not None and index.has_lexical else "vector"
+        if mode != "vector":
+            if text is None:
+                raise ApiError(400, "invalid_request", f"the {mode} mode needs a query text")
+            if not index.has_lexical:
+                raise ApiError(
+                    400,
+                    "no_lexical_index",
+                    f"the {mode} mode needs a lexical index, which this index has not (its "
+                    "items had no titles when it was built); use the vector mode",
+                )
+        truncated = False
+        vector: Rows | None = None
+        if text is not None and (mode != "lexical" or plan.negated):
+            row, truncated = await self.text_vector(plan.text, deadline)
+            vector = weights[0] * row
+        if image is not None:
+            vector = weights[1] * image if vector is None else vector + weights[1] * image
+        if vector is not None:
+            norm = float(np.linalg.norm(vector))
+            if norm == 0.0:
+                raise ApiError(400, "invalid_request", "the weighted query embedding is zero")
+            vector = (vector / norm).astype(np.float32)
+        negated = None
+        if plan.negated and vector is not None:
+            rows = await self._waves(
+                [self.text_vector(p, deadline, f"phrase {p[:40]!r}") for p in plan.negated]
+            )
+            negated = np.stack([r for r, _ in rows])
+        minimum = request.min_relevance
+        calibration = index.calibration
+        if calibration is None or calibration.method != "platt":
+            default_relevance = 0.0  # a rank against noise: no threshold by default
+        query = ProductQuery(
+            k=request.top_k,
+            mode=mode,
+            vector=vector if mode != "lexical" else None,
+            text=plan.text if text is not None else None,
+            filter=plan.filter,
+            exclude=plan.exclude,
+            negated=negated if mode != "lexical" else None,
+            fusion=options.fusion if options is not None else "rrf",
+            alpha=options.alpha if options is not None else 0.5,
+            min_relevance=default_relevance if minimum is None else minimum,
+            group_by=request.group_by,
+            group_size=request.group_size,
+            boosts=tuple(Boost(b.field, b.weight, b.transform) for b in request.boost or ()),
+            explain=request.explain,
+            nprobe=request.nprobe,
+        )
+        start = time.perf_counter()
+        answer: Answer = await self._run(lambda: product_search(index, query))
+        self.metrics.search_time.labels(target="images").observe(time.perf_counter() - start)
+        items = []
+        for hit in answer.hits:
+            item: dict[str, Any] = {
+                "id": hit.id,
+                "score": round(hit.score, 6),
+                "relevance": round(hit.relevance, 6),
+                "metadata": hit.metadata,
+            }
+            if hit.group is not None:
+                item["group"] = hit.group
+            if request.explain:
+                item["explain"] = hit.explain
+            items.append(item)
+        body: dict[str, Any] = {
+            "items": items,
+            "index_version": served.version,
+            "truncated": truncated,
+            "mode": mode,
+        }
+        if plan.interpretation is not None:
+            body["interpreted"] = plan.interpretation.to_dict()
+        if not items:
+            body["hint"] = _hint(answer, query.min_relevance)
+        return body
 
     async def search_text(self, request: TextSearchRequest) -> tuple[bytes, bool]:
         """The response body, and whether it came from the cache."""
         served = self.served()
         self._check_options(request, served)
         norm = self._check_query(request.query)
-        key = cache_key(
-            "search",
-            self.bundle.bundle_id,
-            served.state,
-            norm,
-            request.top_k,
-            request.filter,
-            request.nprobe,
-        )
+        default = self.settings.search.min_relevance
+        options = request.model_dump(mode="json", exclude={"query"})
+        key = cache_key("search", self.bundle.bundle_id, served.state, norm, options, default)
         hit = await self.cache.get("search", key)
         if hit is not None:
             return hit, True
-        row, truncated = await self.text_vector(request.query, self.deadline())
-        items = await self._search(served, row, request, "images")
-        body = dumps({"items": items, "index_version": served.version, "truncated": truncated})
-        await self.cache.set(key, body, self.cache.settings.search_ttl_s)
-        return body, False
+        body = await self._product(
+            served,
+            request,
+            text=request.query,
+            image=None,
+            weights=(1.0, 0.0),
+            default_relevance=default,
+            deadline=self.deadline(),
+        )
+        content = dumps(body)
+        await self.cache.set(key, content, self.cache.settings.search_ttl_s)
+        return content, False
 
     async def search_image(self, request: ImageSearchRequest) -> bytes:
         served = self.served()
         self._check_options(request, served)
-        if request.target == "texts" and request.filter is not None:
-            raise ApiError(400, "invalid_filter", "filters apply to image searches only")
-        row = await self.image_vector(request.image, self.deadline())
-        items = await self._search(served, row, request, request.target)
-        return dumps({"items": items, "index_version": served.version, "truncated": False})
+        deadline = self.deadline()
+        row = await self.image_vector(request.image, deadline)
+        if request.target == "texts":
+            items = await self._search_texts(served, row, request)
+            body = {"items": items, "index_version": served.version, "truncated": False}
+            return dumps({**body, "mode": "vector"})
+        body = await self._product(
+            served,
+            request,
+            text=None,
+            image=row,
+            weights=(0.0, 1.0),
+            default_relevance=0.0,
+            deadline=deadline,
+        )
+        return dumps(body)
+
+    async def search(self, request: MultimodalSearchRequest) -> bytes:
+        """``POST /v1/search``: a text, an image, or both (weighted)."""
+        served = self.served()
+        self._check_options(request, served)
+        if request.text is not None:
+            self._check_query(request.text)
+        deadline = self.deadline()
+        image = None
+        if request.image is not None:
+            image = await self.image_vector(request.image, deadline)
+        body = await self._product(
+            served,
+            request,
+            text=request.text,
+            image=image,
+            weights=(request.text_weight, request.image_weight),
+            default_relevance=self.settings.search.min_relevance if request.text else 0.0,
+            deadline=deadline,
+        )
+        return dumps(body)
 
     # -- zero-shot --------------------------------------------------------------------
 
@@ -377,3 +552,15 @@ class Engine:
             raise ApiError(400, "duplicate_id", "the same id appears twice in the request")
         version = await self.holder.remove(ids)
         return version, len(ids)
+
+
+def _hint(answer: Answer, min_relevance: float) -> str:
+    """Why a search found nothing, and what to try."""
+    if answer.candidates == 0:
+        return "nothing matched the filters and exclusions; loosen them"
+    best = answer.best_relevance or 0.0
+    return (
+        f"no item is relevant enough: the best of {answer.candidates} candidates has "
+        f"relevance {best:.2f}, under min_relevance {min_relevance:.2f}; the catalog may not "
+        "hold what was asked (lower min_relevance to see the nearest items anyway)"
+    )

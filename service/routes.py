@@ -23,6 +23,7 @@ from service.schemas import (
     EmbedResponse,
     EmbedTextRequest,
     ImageSearchRequest,
+    MultimodalSearchRequest,
     SearchResponse,
     Status,
     TextSearchRequest,
@@ -61,6 +62,16 @@ def _ok(model: type[Any]) -> dict[int | str, dict[str, Any]]:
 
 COMMON = _errors(400, 413, 415, 422, 503, 504)
 FILE = {"type": "string", "format": "binary"}
+OBJECTS = ("filter", "exclude", "boost")  # JSON in a multipart form
+FORM_OPTIONS: dict[str, Any] = {
+    "filter": {"type": "string", "description": "A JSON object"},
+    "exclude": {"type": "string", "description": "A JSON object"},
+    "min_relevance": {"type": "number", "minimum": 0, "maximum": 1},
+    "group_by": {"type": "string"},
+    "group_size": {"type": "integer", "minimum": 1},
+    "boost": {"type": "string", "description": "A JSON array of boosts"},
+    "explain": {"type": "boolean"},
+}
 
 search = APIRouter(
     prefix="/v1/search", tags=["search"], dependencies=[Depends(require_key_if_configured)]
@@ -103,14 +114,41 @@ async def search_text(request: Request, engine: EngineDep) -> Response:
                 "top_k": {"type": "integer", "minimum": 1},
                 "nprobe": {"type": "integer", "minimum": 1},
                 "target": {"type": "string", "enum": ["images", "texts"]},
-                "filter": {"type": "string", "description": "A JSON object"},
+                **FORM_OPTIONS,
             },
         },
     ),
 )
 async def search_image(request: Request, engine: EngineDep) -> Response:
-    body = await parse_body(request, ImageSearchRequest, files=("image",), objects=("filter",))
+    body = await parse_body(request, ImageSearchRequest, files=("image",), objects=OBJECTS)
     return Response(await engine.search_image(body), media_type=JSON)
+
+
+@search.post(
+    "",
+    summary="Product search by text, image, or both (weighted): modes, relevance, negation, "
+    "grouping, boosts",
+    response_class=Response,
+    responses={**_ok(SearchResponse), **COMMON},
+    openapi_extra=_body(
+        "MultimodalSearchRequest",
+        {
+            "type": "object",
+            "properties": {
+                "image": FILE,
+                "text": {"type": "string"},
+                "text_weight": {"type": "number", "minimum": 0},
+                "image_weight": {"type": "number", "minimum": 0},
+                "top_k": {"type": "integer", "minimum": 1},
+                "mode": {"type": "string", "enum": ["vector", "lexical", "hybrid"]},
+                **FORM_OPTIONS,
+            },
+        },
+    ),
+)
+async def search_multimodal(request: Request, engine: EngineDep) -> Response:
+    body = await parse_body(request, MultimodalSearchRequest, files=("image",), objects=OBJECTS)
+    return Response(await engine.search(body), media_type=JSON)
 
 
 @classify_router.post(

@@ -33,6 +33,18 @@ class ImageInput(BaseModel):
         return self
 
 
+class BoostSpec(BaseModel):
+    """A business boost on a numeric field: ``score x (1 + weight x transform(value))``,
+    applied to the retrieved candidates after fusion."""
+
+    model_config = ConfigDict(extra="forbid")
+    field: str = Field(..., min_length=1, description="A numeric metadata field.")
+    weight: float = Field(..., ge=-10.0, le=10.0, description="How much it counts.")
+    transform: Literal["none", "log1p", "sqrt"] = Field(
+        "none", description="Applied to the value first (log1p for counts such as sales)."
+    )
+
+
 class SearchOptions(BaseModel):
     top_k: int = Field(10, ge=1, le=TOP_K_MAX, description="How many results.")
     filter: Filter | None = Field(
@@ -40,16 +52,72 @@ class SearchOptions(BaseModel):
         description="Attribute filter: every key must match (a list matches any of it).",
         examples=[{"category": ["连衣裙", "半身裙"]}],
     )
+    exclude: Filter | None = Field(
+        None,
+        description="Attributes results must not have: an item matching any key is left out.",
+        examples=[{"colour": "红色"}],
+    )
     nprobe: int | None = Field(
         None, ge=1, le=TOP_K_MAX, description="IVF lists to visit (default: the tuned value)."
     )
+    min_relevance: float | None = Field(
+        None,
+        ge=0.0,
+        le=1.0,
+        description="Drop results whose relevance (the index's calibrated probability that "
+        "an item is relevant, in [0, 1]) is lower; default: the service's setting for text "
+        "queries (CNCLIP_SEARCH__MIN_RELEVANCE), 0 for image queries.",
+        examples=[0.5],
+    )
+    group_by: str | None = Field(
+        None,
+        min_length=1,
+        description="Collapse results sharing this field (several pictures of one product: "
+        "spu) into one, its best.",
+        examples=["spu"],
+    )
+    group_size: int = Field(
+        1, ge=1, le=20, description="With group_by: how many items of each group to list."
+    )
+    boost: list[BoostSpec] | None = Field(
+        None,
+        max_length=8,
+        description="Boosts on numeric fields, applied after fusion.",
+        examples=[[{"field": "sales", "weight": 0.1, "transform": "log1p"}]],
+    )
+    explain: bool = Field(False, description="Return how each result's score was made.")
 
 
-class TextSearchRequest(SearchOptions):
+class TextOptions(SearchOptions):
+    mode: Literal["vector", "lexical", "hybrid"] | None = Field(
+        None,
+        description="vector (CLIP), lexical (BM25 over titles: brands, model codes) or hybrid "
+        "(both, fused); default: hybrid where the index has a lexical index, else vector.",
+        examples=["hybrid"],
+    )
+    fusion: Literal["rrf", "weighted"] = Field(
+        "rrf",
+        description="Hybrid fusion: reciprocal rank (k = 60) or weighted scores (alpha).",
+    )
+    alpha: float = Field(
+        0.5, ge=0.0, le=1.0, description="Weighted fusion: the vector side's weight."
+    )
+    understand: bool = Field(
+        True,
+        description="Read negation (不要/不含/除了 ...) and attribute words (colours, kinds, "
+        "brands of this catalog) as filters; the reading is returned as 'interpreted'.",
+    )
+
+
+class TextSearchRequest(TextOptions):
     model_config = ConfigDict(
         extra="forbid",
         json_schema_extra={
-            "examples": [{"query": "红色连衣裙", "top_k": 10, "filter": {"category": "女装"}}]
+            "examples": [
+                {"query": "红色连衣裙", "top_k": 10, "filter": {"category": "女装"}},
+                {"query": "不要红色的杯子", "mode": "hybrid", "min_relevance": 0.5},
+                {"query": "安踏 SB-1024", "group_by": "spu", "explain": True},
+            ]
         },
     )
     query: str = Field(..., max_length=100_000, description="The query text (Chinese).")
@@ -68,10 +136,65 @@ class ImageSearchRequest(SearchOptions):
     )
 
 
+class MultimodalSearchRequest(TextOptions):
+    """A text and/or an image: the weighted sum of their unit embeddings, normalized
+    again ("this photo, but 蓝色的")."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {
+                    "text": "蓝色的",
+                    "image": {"base64": EXAMPLE_B64},
+                    "text_weight": 0.5,
+                    "image_weight": 1.0,
+                    "group_by": "spu",
+                }
+            ]
+        },
+    )
+    text: str | None = Field(None, max_length=100_000, description="The query text (Chinese).")
+    image: ImageInput | None = None
+    text_weight: float = Field(1.0, ge=0.0, le=100.0)
+    image_weight: float = Field(1.0, ge=0.0, le=100.0)
+
+    @model_validator(mode="after")
+    def _something(self) -> MultimodalSearchRequest:
+        if self.text is None and self.image is None:
+            raise ValueError("give a text, an image, or both")
+        weights = (self.text_weight if self.text is not None else 0.0) + (
+            self.image_weight if self.image is not None else 0.0
+        )
+        if weights == 0.0:
+            raise ValueError("the weights of what is given cannot all be 0")
+        return self
+
+
 class SearchItem(BaseModel):
     id: str
-    score: float = Field(..., description="Cosine similarity.")
+    score: float = Field(
+        ...,
+        description="What orders the results: the cosine (vector mode), BM25 (lexical) or "
+        "the fused score (hybrid), after negation penalties and boosts.",
+    )
+    relevance: float = Field(
+        ...,
+        description="The calibrated probability that the item is relevant, in [0, 1] (the "
+        "share of the query's words its title holds where that is higher).",
+    )
     metadata: dict[str, Any] = Field(default_factory=dict)
+    group: dict[str, Any] | None = Field(None, description="With group_by: the group's items.")
+    explain: dict[str, Any] | None = Field(None, description="With explain: the score's parts.")
+
+
+class Interpreted(BaseModel):
+    text: str = Field(..., description="What was embedded and matched.")
+    must: dict[str, Any] = Field(default_factory=dict)
+    must_not: dict[str, list[str]] = Field(default_factory=dict)
+    negated: list[str] = Field(
+        default_factory=list, description="Negated phrases no attribute holds (a penalty)."
+    )
 
 
 class SearchResponse(BaseModel):
@@ -80,10 +203,22 @@ class SearchResponse(BaseModel):
             "examples": [
                 {
                     "items": [
-                        {"id": "sku-1001", "score": 0.412, "metadata": {"title": "红色碎花连衣裙"}}
+                        {
+                            "id": "sku-1001",
+                            "score": 0.412,
+                            "relevance": 0.93,
+                            "metadata": {"title": "蓝色的杯子", "colour": "蓝色"},
+                        }
                     ],
                     "index_version": "v0003",
                     "truncated": False,
+                    "mode": "hybrid",
+                    "interpreted": {
+                        "text": "杯子",
+                        "must": {"kind": "杯子"},
+                        "must_not": {"colour": ["红色"]},
+                        "negated": [],
+                    },
                 }
             ]
         }
@@ -91,6 +226,13 @@ class SearchResponse(BaseModel):
     items: list[SearchItem]
     index_version: str
     truncated: bool = Field(False, description="The query had over 50 word pieces and was cut.")
+    mode: str = Field("vector", description="The mode that ran.")
+    interpreted: Interpreted | None = Field(
+        None, description="How the query was read (text queries with understand on)."
+    )
+    hint: str | None = Field(
+        None, description="Why there are no items, when there are none, and what to try."
+    )
 
 
 class ClassifyRequest(BaseModel):

@@ -78,6 +78,15 @@ class SecuritySettings(BaseModel):
     cors_origins: list[str] = Field(default_factory=list)
 
 
+class SearchSettings(BaseModel):
+    """Product search defaults (each request may override them)."""
+
+    min_relevance: float = Field(0.5, ge=0.0, le=1.0)
+    """Text queries drop results less likely relevant than this (the index's calibrated
+    relevance): a query for what the catalog does not hold answers no items. Indexes
+    whose calibration was not fitted on titles (``null``) get no default threshold."""
+
+
 class UiSettings(BaseModel):
     """The search page at ``/`` (off by default; ``cnclip demo`` turns it on)."""
 
@@ -115,6 +124,7 @@ class Settings(BaseSettings):
     limits: LimitSettings = LimitSettings()
     fetch: FetchSettings = FetchSettings()
     security: SecuritySettings = SecuritySettings()
+    search: SearchSettings = SearchSettings()
     ui: UiSettings = UiSettings()
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=0, le=65535)

@@ -32,7 +32,7 @@ def test_text_search_returns_ranked_items_with_metadata(
     client: httpx.Client, bundle: Bundle, index_template: Path
 ) -> None:
     query = queries()[0]
-    r = client.post("/v1/search/text", json={"query": query, "top_k": 5})
+    r = client.post("/v1/search/text", json={"query": query, "top_k": 5, "mode": "vector"})
     assert r.status_code == 200, r.text
     body = r.json()
     assert body["index_version"] == "v0001" and body["truncated"] is False
