@@ -12,9 +12,11 @@ examples:
   cnclip demo                      # build everything in demo-work/ and serve it
   cnclip demo --scale small --no-serve --work /tmp/demo
 
-The demo draws a small product catalog (eight colours x six kinds, titled like
-红色的杯子), trains a tiny model on it in two stages, exports it, indexes the catalog and
-serves it. The model knows only these drawings; see the README to serve real weights.
+The demo draws a small shop (eight colours x six kinds of thing, products of six brands
+with model codes and several pictures each, titled like 回力 红色的杯子 HL-1024), trains a
+tiny model on drawings titled 红色的杯子 in two stages, exports it, indexes the shop
+(vectors, words, calibrated relevance) and serves it with a search page. The model knows
+only these drawings; see the README to serve real weights.
 """
 
 
@@ -46,7 +48,7 @@ def run(args: argparse.Namespace) -> int:
         import json
 
         report = json.loads((work / "report.json").read_text(encoding="utf-8"))
-        result = DemoResult(work, work / "bundle", work / "index", work / "data", report)
+        result = DemoResult(work, work / "bundle", work / "index", work / "catalog", report)
         print(f"demo: reusing {work}", file=sys.stderr)
     else:
         result = build_demo(work, args.scale, progress=sys.stderr.isatty(), say=_say)

@@ -80,6 +80,15 @@ def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-q", "--quiet", action="store_true", help="do not print the table")
 
 
+SEARCH_EPILOG = """\
+examples:
+  cnclip eval search --index demo-work/index --bundle demo-work/bundle \\
+      --queries demo-work/catalog/judged.jsonl
+  cnclip eval search --index indexes/shop --bundle bundles/vit-b-16 --queries judged.jsonl \\
+      --modes vector,hybrid --min-relevance 0.4 --out eval/shop-search
+"""
+
+
 def add_eval_commands(sub: Any) -> None:
     evaluate = sub.add_parser(
         "eval",
@@ -125,6 +134,39 @@ def add_eval_commands(sub: Any) -> None:
     )
     zeroshot.add_argument("--confused", type=int, default=10, help="most confused pairs (10)")
     zeroshot.set_defaults(handler=run_zeroshot_command)
+
+    search = commands.add_parser(
+        "search",
+        help="product search quality on judged queries: nDCG@10, R@10, MRR per mode and kind",
+        description="Run judged queries through the service's search pipeline in each mode "
+        "(vector, lexical, hybrid) and report nDCG@10, R@10, MRR, what the relevance "
+        "threshold keeps and drops, negation checks and latency, side by side.",
+        epilog=SEARCH_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    search.add_argument("--index", required=True, help="an index root, version or milvus://")
+    search.add_argument("--bundle", required=True, help="the bundle that embeds the queries")
+    search.add_argument(
+        "--queries", required=True, help='jsonl of {"query", "relevant": [ids], "kind"}'
+    )
+    search.add_argument(
+        "--modes", default="vector,lexical,hybrid", help="comma-separated (all three)"
+    )
+    search.add_argument(
+        "--min-relevance",
+        type=float,
+        default=None,
+        help="the relevance threshold (default: the service's, CNCLIP_SEARCH__MIN_RELEVANCE)",
+    )
+    search.add_argument(
+        "--no-understand",
+        action="store_true",
+        help="leave negation and attribute words as words (compares the modes alone)",
+    )
+    search.add_argument("--threads", type=int, help="ONNX Runtime threads")
+    search.add_argument("--out", help="where the report goes (eval/search)")
+    search.add_argument("-q", "--quiet", action="store_true", help="do not print the table")
+    search.set_defaults(handler=run_search_command)
 
 
 def _positive(name: str, value: int | None) -> None:
@@ -259,3 +301,44 @@ def run_zeroshot_command(args: argparse.Namespace) -> int:
         options=options,
     )
     return _finish(report, out, "zeroshot", args.quiet)
+
+
+def run_search_command(args: argparse.Namespace) -> int:
+    import json
+
+    import index
+    from evaluation.search import evaluate_search, read_judged, search_table
+    from index.hybrid import DEFAULT_MIN_RELEVANCE
+    from runtime.bundle import load_bundle
+    from runtime.files import write_atomically
+
+    threshold = DEFAULT_MIN_RELEVANCE if args.min_relevance is None else args.min_relevance
+    if not 0.0 <= threshold <= 1.0:
+        raise CnClipError(f"--min-relevance must be in [0, 1], not {threshold}")
+    modes = [m.strip() for m in args.modes.split(",") if m.strip()]
+    queries = read_judged(args.queries)
+    bundle = load_bundle(args.bundle, threads=args.threads)
+    loaded = index.load(args.index)
+    try:
+        index.check_bundle(args.index, args.bundle)
+        report = evaluate_search(
+            loaded,
+            bundle,
+            queries,
+            modes=modes,
+            min_relevance=threshold,
+            understand=not args.no_understand,
+        )
+    finally:
+        loaded.close()
+    out = Path(args.out or Path("eval") / "search")
+    out.mkdir(parents=True, exist_ok=True)
+    table = search_table(report)
+    write_atomically(
+        out / "search.json", (json.dumps(report, ensure_ascii=False, indent=2) + "\n").encode()
+    )
+    write_atomically(out / "search.md", table.encode("utf-8"))
+    if not args.quiet:
+        print(table)
+    print(f"cnclip: wrote {out / 'search.json'} and {out / 'search.md'}", file=sys.stderr)
+    return 0

@@ -3,11 +3,16 @@
 ``cnclip demo`` (``make demo``) runs :func:`build_demo` and then serves the result with the
 search page at http://127.0.0.1:8000. Everything is written under one work folder::
 
-    data/train.jsonl, data/shop.jsonl, data/images/   the drawn catalogs
-    run/                                              cnclip train's run (config, checkpoints)
-    bundle/                                           the exported fp32 bundle
-    index/                                            the shop's index (and a titles index)
-    report.json                                       timings and the search check
+    data/train.jsonl, data/images/         the drawn training pictures, titled 红色的杯子
+                                           (the shop's kinds and four it does not sell)
+    catalog/items.jsonl, catalog/images/   the shop: products of six brands with model
+                                           codes, several pictures each, sales figures
+    catalog/judged.jsonl                   judged queries (cnclip eval search --queries)
+    run/                                   cnclip train's run (config, checkpoints)
+    bundle/                                the exported fp32 bundle
+    index/                                 the shop's index (with its lexical index and
+                                           relevance calibration, and a titles index)
+    report.json                            timings and the search check
 
 The model knows only these drawings: it learns eight colours and six kinds of thing, and
 nothing else. To serve real weights, see the README ("Bring your own weights").
@@ -27,7 +32,16 @@ from typing import Any
 
 import yaml
 
-from demo.catalog import COLOURS, KINDS, title, write_catalog
+from demo.catalog import (
+    BRANDS,
+    COLOURS,
+    KINDS,
+    judged_queries,
+    title,
+    write_catalog,
+    write_judged,
+    write_shop,
+)
 from runtime.files import write_atomically
 
 log = logging.getLogger(__name__)
@@ -35,10 +49,12 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class Scale:
-    """How big the demo is: pictures per title, training steps, batch size."""
+    """How big the demo is: training pictures per title, the shop's products per title
+    and pictures per product, training steps, batch size."""
 
     train_per_title: int
-    shop_per_title: int
+    shop_products: int
+    shop_pictures: int
     lit_steps: int
     both_steps: int
     batch_size: int
@@ -47,11 +63,21 @@ class Scale:
 SCALES = {
     # About three minutes of training on 2 CPU cores.
     "full": Scale(
-        train_per_title=30, shop_per_title=5, lit_steps=150, both_steps=600, batch_size=96
+        train_per_title=30,
+        shop_products=2,
+        shop_pictures=3,
+        lit_steps=150,
+        both_steps=600,
+        batch_size=96,
     ),
     # For CI: the same pipeline in about a minute.
     "small": Scale(
-        train_per_title=16, shop_per_title=3, lit_steps=60, both_steps=400, batch_size=64
+        train_per_title=16,
+        shop_products=1,
+        shop_pictures=3,
+        lit_steps=60,
+        both_steps=400,
+        batch_size=64,
     ),
 }
 
@@ -117,7 +143,7 @@ def run_config(work: Path, scale: Scale) -> dict[str, Any]:
             "task": "retrieval",
             "every": 0,
             "batch_size": 256,
-            "data": {"kind": "catalog", "path": str(data / "shop.jsonl")},
+            "data": {"kind": "catalog", "path": str(work / "catalog" / "items.jsonl")},
         },
         "log_every": 50,
         "save_every": 100_000,
@@ -170,7 +196,9 @@ def build_demo(
 
     done = _step("drawing the catalogs", report, say)
     write_catalog(data, chosen.train_per_title, seed=1, name="train")
-    shop = write_catalog(data, chosen.shop_per_title, seed=2, name="shop")
+    shop_dir = root / "catalog"
+    shop = write_shop(shop_dir, chosen.shop_products, chosen.shop_pictures, seed=2)
+    write_judged(shop_dir / "judged.jsonl", judged_queries(shop.items, seed=3))
     done()
 
     done = _step("training (stage 1 locks the image tower, stage 2 trains both)", report, say)
@@ -206,6 +234,7 @@ def build_demo(
         texts=text_corpus,
         factory="Flat",
         progress=False,
+        lexicon=list(BRANDS),
     )
     done()
 
@@ -214,8 +243,11 @@ def build_demo(
 
     found = index_package.load(version).search(bundle.encode_texts(titles), k=1)
     assert corpus.items is not None
-    shop_titles = {i: item["title"] for i, item in zip(corpus.ids, corpus.items, strict=True)}
-    hits = [shop_titles[ids[0]] == t for t, ids in zip(titles, found.ids, strict=True)]
+    shown = {
+        i: title(item["colour"], item["kind"])
+        for i, item in zip(corpus.ids, corpus.items, strict=True)
+    }
+    hits = [shown[ids[0]] == t for t, ids in zip(titles, found.ids, strict=True)]
     report["search"] = {
         "titles": len(titles),
         "items": len(corpus.ids),
@@ -230,7 +262,7 @@ def build_demo(
     # Written last and whole: --reuse trusts it.
     text = json.dumps(report, ensure_ascii=False, indent=2) + "\n"
     write_atomically(root / "report.json", text.encode("utf-8"))
-    return DemoResult(root, bundle_dir, index_root, data, report)
+    return DemoResult(root, bundle_dir, index_root, shop_dir, report)
 
 
 def demo_settings(result: DemoResult, host: str, port: int) -> Any:
@@ -242,5 +274,5 @@ def demo_settings(result: DemoResult, host: str, port: int) -> Any:
         index=result.index,
         host=host,
         port=port,
-        ui={"enabled": True, "media_dir": result.media},
+        ui={"enabled": True, "media_dir": result.media, "group_by": "spu", "boost_field": "sales"},
     )

@@ -31,7 +31,7 @@ from tqdm import tqdm
 
 from index.evaluate import bitmap_selector, drop_ids, exact_qps, exact_search, tune
 from index.factory import IndexChoice, choose_index
-from index.lexical import write_lexical
+from index.lexical import without_codes, write_lexical
 from index.relevance import Calibration, fit_null, fit_titles
 from index.store import IDS, ITEMS, create_store, write_ids
 from index.versions import (
@@ -79,11 +79,15 @@ def item_titles(items: Sequence[Mapping[str, Any]] | None, count: int) -> list[s
 def title_vectors(
     bundle: Any, items: Sequence[Mapping[str, Any]] | None, *, progress: bool = True
 ) -> npt.NDArray[np.float32] | None:
-    """The items' titles embedded by ``bundle`` (each distinct title once), zero rows for
+    """The items' titles embedded by ``bundle`` (each distinct title once, its model codes
+    taken out: no picture shows one, and the lexical side matches them), zero rows for
     items without one; None when no item has a title."""
     from index.embed import embed_texts
 
-    titles = item_titles(items, len(items or ()))
+    titles = [
+        None if t is None else without_codes(t) or None
+        for t in item_titles(items, len(items or ()))
+    ]
     distinct = list(dict.fromkeys(t for t in titles if t))
     if not distinct:
         return None

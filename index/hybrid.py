@@ -44,6 +44,7 @@ from index.understand import Interpretation, interpret
 from runtime.errors import DataError
 
 __all__ = [
+    "DEFAULT_MIN_RELEVANCE",
     "MODES",
     "Answer",
     "Boost",
@@ -60,6 +61,9 @@ TRANSFORMS: Final = ("none", "log1p", "sqrt")
 PENALTY: Final = 1.0
 OVERFETCH: Final = 4  # candidates a side per result asked, when later steps drop or merge
 MIN_CANDIDATES: Final = 50
+#: The service's default relevance threshold for text queries (a fitted calibration's
+#: 0.5: a relevant and an irrelevant item equally likely).
+DEFAULT_MIN_RELEVANCE: Final = 0.5
 
 
 @dataclass(frozen=True)
@@ -308,14 +312,17 @@ def _relevance(index: IndexBackend, query: ProductQuery, found: dict[str, _Candi
     if query.mode in ("lexical", "hybrid") and query.text:
         for item, share in zip(ids, index.word_coverage(query.text, ids), strict=True):
             found[item].coverage = float(share)
-    for candidate in found.values():
-        visual = 0.0
-        if candidate.cosine is not None and calibration is not None:
-            visual = float(calibration.relevance([candidate.cosine - candidate.penalty])[0])
-        elif candidate.cosine is not None:
-            visual = max(0.0, min(1.0, candidate.cosine - candidate.penalty))
-        lexical = candidate.coverage if query.mode != "vector" else 0.0
-        candidate.relevance = max(visual, lexical)
+    seen = [c for c in found.values() if c.cosine is not None]
+    cosines = np.asarray([(c.cosine or 0.0) - c.penalty for c in seen], dtype=np.float64)
+    if calibration is not None:
+        visual = calibration.relevance(cosines)
+    else:
+        visual = np.clip(cosines, 0.0, 1.0)
+    for candidate, value in zip(seen, visual, strict=True):
+        candidate.relevance = float(value)
+    if query.mode != "vector":
+        for candidate in found.values():
+            candidate.relevance = max(candidate.relevance, candidate.coverage)
 
 
 def _boost(query: ProductQuery, candidates: list[_Candidate]) -> None:

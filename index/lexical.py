@@ -43,6 +43,7 @@ __all__ = [
     "Segmenter",
     "read_lexicon",
     "version_lexicon",
+    "without_codes",
     "write_lexical",
 ]
 
@@ -67,6 +68,13 @@ def _normalise(text: str) -> str:
     """Full-width forms folded (ＳＢ－１０２４ → SB-1024) and ASCII letters in upper case,
     as jieba's dictionary writes its mixed words (T恤, K歌): t恤 and T恤 are one word."""
     return unicodedata.normalize("NFKC", text).translate(_UPPER)
+
+
+def without_codes(text: str) -> str:
+    """``text`` with its model codes and numbers (SB-1024, K70, 500ml) taken out: what a
+    picture can show, for the relevance calibration's titles (:mod:`index.relevance`)."""
+    folded = unicodedata.normalize("NFKC", text)
+    return " ".join(_CODE.sub(" ", folded).split())
 
 
 def _is_word(token: str) -> bool:
@@ -234,24 +242,30 @@ class LexicalIndex:
     def coverage(self, query: str, rows: npt.ArrayLike) -> npt.NDArray[np.float64]:
         """For each of ``rows``, the IDF-weighted share of the query's words its title
         holds, in [0, 1] (:mod:`index.relevance`): a word no title has weighs as much as
-        the rarest possible one, so that ``安踏 自行车`` is half covered by an 安踏 title."""
+        the rarest possible one, so that ``安踏 自行车`` is about half covered by an 安踏
+        title; a code counts once, present in either spelling (``SB-1024``, ``sb1024``)."""
         wanted = np.asarray(rows, dtype=np.int64)
-        words = list(dict.fromkeys(self.segmenter(query)))
         out = np.zeros(len(wanted), dtype=np.float64)
+        words: dict[str, list[str]] = {}  # a word (a code's joined form) -> its spellings
+        for token in self.segmenter(query):
+            spellings = words.setdefault(_JOINERS.sub("", token), [])
+            if token not in spellings:
+                spellings.append(token)
         if not words or len(wanted) == 0:
             return out
         n = max(self.count, 1)
         total = 0.0
-        for word in words:
-            if word in self._retriever.vocab_dict:
-                present = np.asarray(self._retriever.get_scores([word])) > 0
-                df = int(present.sum())
-            else:
-                present, df = None, 0
+        for spellings in words.values():
+            present = np.zeros(len(wanted), dtype=bool)
+            df = 0
+            for token in spellings:
+                if token in self._retriever.vocab_dict:
+                    hits = np.asarray(self._retriever.get_scores([token])) > 0
+                    df = max(df, int(hits.sum()))
+                    present |= hits[wanted]
             idf = math.log(1.0 + (n - df + 0.5) / (df + 0.5))
             total += idf
-            if present is not None:
-                out += idf * present[wanted]
+            out += idf * present
         return out / total if total > 0 else out
 
     def search(

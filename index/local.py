@@ -81,6 +81,7 @@ class DirectoryIndex:
         self._marker = self._read_marker()
         self.current: CatalogIndex = load_version(self.path, **self._options)
         self._keys: tuple[CatalogIndex, frozenset[str]] | None = None
+        self._calibration: tuple[CatalogIndex, Calibration | None] | None = None
 
     def _read_marker(self) -> str:
         if not self.is_root:
@@ -189,7 +190,13 @@ class DirectoryIndex:
 
     @property
     def calibration(self) -> Calibration | None:
-        return Calibration.from_dict(self.current.manifest.relevance)
+        """Read from the version once."""
+        current = self.current
+        cached = self._calibration
+        if cached is None or cached[0] is not current:
+            cached = (current, Calibration.from_dict(current.manifest.relevance))
+            self._calibration = cached
+        return cached[1]
 
     # -- changes ----------------------------------------------------------------------
 

@@ -1383,6 +1383,7 @@ class MilvusIndex:
         self.connection = Connection(self.where, timeout_s=timeout_s)
         self._lock = threading.Lock()
         self._accept: Accept | None = None
+        self._calibration: tuple[MilvusManifest, Calibration | None] | None = None
         try:
             self._collection, self.manifest, self._revision = self._read_current()
             self._count = self._live_count(self._collection)
@@ -1497,7 +1498,12 @@ class MilvusIndex:
 
     @property
     def calibration(self) -> Calibration | None:
-        return Calibration.from_dict(self.manifest.relevance)
+        """Read from the manifest once per manifest."""
+        manifest, cached = self.manifest, self._calibration
+        if cached is None or cached[0] is not manifest:
+            cached = (manifest, Calibration.from_dict(manifest.relevance))
+            self._calibration = cached
+        return cached[1]
 
     def search(
         self,

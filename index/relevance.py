@@ -6,7 +6,8 @@ their scale depends on the model, the catalog and the query. A version answers i
 own model and catalog at build:
 
 - **positives**: an item's own title against its own picture (the title embedded by the
-  bundle's text tower, the picture's vector from the index);
+  bundle's text tower with its model codes taken out, which no picture shows and the
+  lexical side matches; the picture's vector from the index);
 - **negatives**: the same title against the picture of an item whose title differs (a
   catalog often repeats a title, and an item with the same title is no negative);
 - **Platt scaling** (a logistic curve in the cosine, fitted by Newton's method with a

@@ -20,6 +20,7 @@ that a frontend can show "不含：红色".
 
 from __future__ import annotations
 
+import functools
 import re
 import unicodedata
 from collections.abc import Mapping, Sequence
@@ -102,19 +103,21 @@ class _Span:
     value: str
 
 
+@functools.lru_cache(maxsize=32)
+def _needles(vocabulary: tuple[tuple[str, tuple[str, ...]], ...]) -> list[tuple[str, str, str]]:
+    """``(folded value, attribute, value)`` of a vocabulary, longest first (folded once
+    per vocabulary, not once per query)."""
+    found = [(_fold(v), key, v) for key, values in vocabulary for v in values if _fold(v)]
+    return sorted(found, key=lambda needle: -len(needle[0]))
+
+
 def _values(text: str, vocabulary: Mapping[str, Sequence[str]]) -> list[_Span]:
     """Non-overlapping occurrences of attribute values in ``text``, longest first."""
     folded = _fold(text)
-    candidates: list[tuple[str, str]] = sorted(
-        ((key, value) for key, values in vocabulary.items() for value in values),
-        key=lambda pair: -len(pair[1]),
-    )
+    key_of = tuple(sorted((str(k), tuple(v)) for k, v in vocabulary.items()))
     taken = [False] * len(text)
     spans: list[_Span] = []
-    for key, value in candidates:
-        needle = _fold(value)
-        if not needle:
-            continue
+    for needle, key, value in _needles(key_of):
         start = folded.find(needle)
         while start >= 0:
             end = start + len(needle)

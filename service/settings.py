@@ -13,6 +13,7 @@ from pathlib import Path
 from pydantic import BaseModel, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from index.hybrid import DEFAULT_MIN_RELEVANCE
 from runtime.fetch import FetchPolicy
 from runtime.sessions import BACKENDS
 
@@ -81,7 +82,7 @@ class SecuritySettings(BaseModel):
 class SearchSettings(BaseModel):
     """Product search defaults (each request may override them)."""
 
-    min_relevance: float = Field(0.5, ge=0.0, le=1.0)
+    min_relevance: float = Field(DEFAULT_MIN_RELEVANCE, ge=0.0, le=1.0)
     """Text queries drop results less likely relevant than this (the index's calibrated
     relevance): a query for what the catalog does not hold answers no items. Indexes
     whose calibration was not fitted on titles (``null``) get no default threshold."""
@@ -95,6 +96,10 @@ class UiSettings(BaseModel):
     media_dir: Path | None = None
     #: labels the page offers for zero-shot classification of an uploaded picture
     labels: list[str] = Field(default_factory=lambda: ["杯子", "T恤", "帽子", "雨伞", "包", "鞋子"])
+    #: the field the page's "同款合并" groups by (spu), and the numeric field its boost
+    #: uses (sales); each switch is shown only when set
+    group_by: str | None = None
+    boost_field: str | None = None
 
 
 class Settings(BaseSettings):

@@ -1,8 +1,10 @@
 """The search page at ``/`` and the media folder under ``/media/`` (when ``ui.enabled``).
 
 The page is one static HTML file (``service/static/index.html``) that calls the JSON API
-from the browser: text search, image search of an uploaded picture, and zero-shot labels
-for it. Items whose metadata holds ``image_url`` are shown with their picture.
+from the browser: text search (with a mode switch, the relevance threshold, grouping by
+``ui.group_by`` and a boost on ``ui.boost_field``; each result shows its relevance and
+the query's reading, "不含：红色"), image search of an uploaded picture, and zero-shot
+labels for it. Items whose metadata holds ``image_url`` are shown with their picture.
 """
 
 from __future__ import annotations
@@ -25,7 +27,15 @@ def install_ui(app: FastAPI, settings: Settings) -> None:
     ui = settings.ui
     if not ui.enabled:
         return
-    config = json.dumps({"labels": ui.labels, "top_k": TOP_K}, ensure_ascii=False)
+    config = json.dumps(
+        {
+            "labels": ui.labels,
+            "top_k": TOP_K,
+            "group_by": ui.group_by,
+            "boost_field": ui.boost_field,
+        },
+        ensure_ascii=False,
+    )
     # The configuration goes in a JSON script block; no "<" in it can close the tag.
     safe = config.replace("<", "\\u003c")
     block = f'<script id="config" type="application/json">{safe}</script>'

@@ -114,8 +114,8 @@ def test_a_saved_index_loads_memory_mapped_and_scores_the_same(
 # --------------------------------------------------------------------------- in index versions
 
 
-def unit_rows(n: int, seed: int) -> np.ndarray:
-    rows = np.random.default_rng(seed).standard_normal((n, 16)).astype(np.float32)
+def unit_rows(n: int, seed: int, dim: int = 16) -> np.ndarray:
+    rows = np.random.default_rng(seed).standard_normal((n, dim)).astype(np.float32)
     return rows / np.linalg.norm(rows, axis=1, keepdims=True)
 
 
@@ -199,3 +199,39 @@ def test_search_words_on_a_version_filters_and_skips_deleted_items(tmp_path: Pat
     assert not load(plain).has_lexical
     with pytest.raises(DataError, match="no lexical index"):
         load(plain).search_words("安踏", 5)
+
+
+def test_word_coverage_weighs_the_query_words_by_rarity(lexical: LexicalIndex) -> None:
+    full, partial, none = lexical.coverage("安踏 SB-1024", [3, 4, 0])
+    assert full == pytest.approx(1.0) and none == 0.0
+    assert 0.0 < partial < 0.5  # 安踏 is in two titles, the code in one (two spellings)
+    # A word no title has weighs as much as the rarest possible (more than a code in one
+    # title): under half of the query is covered. A code counts once, in either spelling.
+    assert 0.3 < lexical.coverage("SB-1024 火箭", [3])[0] < 0.5
+    assert lexical.coverage("sb1024", [3])[0] == pytest.approx(1.0)
+    assert lexical.coverage("", [3])[0] == 0.0
+
+
+def test_the_cli_builds_with_a_lexicon(tmp_path: Path, bundle_dir: Path) -> None:
+    from cnclip.cli import main
+    from index import load
+    from index.lexical import version_lexicon
+    from runtime.bundle_manifest import BundleManifest
+
+    ids = [f"sku-{i}" for i in range(len(TITLES))]
+    dim = BundleManifest.read(bundle_dir).embed_dim
+    np.save(tmp_path / "x.npy", unit_rows(len(ids), 0, dim))
+    (tmp_path / "ids.txt").write_text("\n".join(ids), encoding="utf-8")
+    items = tmp_path / "items.jsonl"
+    lines = [
+        json.dumps({"id": i, "title": t}, ensure_ascii=False)
+        for i, t in zip(ids, TITLES, strict=True)
+    ]
+    items.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    (tmp_path / "brands.txt").write_text("蓝鲸鸟\n", encoding="utf-8")
+    args = ["index", "build", "--bundle", str(bundle_dir), "--embeddings", str(tmp_path / "x.npy")]
+    args += ["--ids", str(tmp_path / "ids.txt"), "--items", str(items), "-q"]
+    root = tmp_path / "index"
+    assert main([*args, "--lexicon", str(tmp_path / "brands.txt"), "--out", str(root)]) == 0
+    assert version_lexicon(root / "v0001") == ("蓝鲸鸟",)
+    assert load(root).search_words("SB-1024", 3).ids == [["sku-3"]]

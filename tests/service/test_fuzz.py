@@ -67,4 +67,4 @@ def test_no_input_gives_a_server_error(api_schema: Any) -> None:
 
         fuzz()
         checked.append(f"{operation.method.upper()} {operation.path} ({mode.value})")
-    assert len(checked) == 18, checked  # 7 POST x 2 modes + 4 GET
+    assert len(checked) == 20, checked  # 8 POST x 2 modes + 4 GET
