@@ -98,16 +98,70 @@ def goals(on: dict[str, Any], off: dict[str, Any]) -> list[str]:
             above=False,
         )
     )
-    vector_ms, hybrid_ms = on["p50_ms"]["vector"], on["p50_ms"]["hybrid"]
+    vector_ms, hybrid_ms = on["served_p50_ms"]["vector"], on["served_p50_ms"]["hybrid"]
     rows.append(
         _goal(
-            f"latency: hybrid p50 / vector p50 ({hybrid_ms:.2f} / {vector_ms:.2f} ms)",
+            "latency, server side (Server-Timing of cnclip serve, cache off): hybrid p50 / "
+            f"vector p50 ({hybrid_ms:.2f} / {vector_ms:.2f} ms)",
             hybrid_ms / vector_ms,
             1.5,
             above=False,
         )
     )
-    return rows  # fmt: skip
+    vector_ms, hybrid_ms = on["p50_ms"]["vector"], on["p50_ms"]["hybrid"]
+    rows.append(
+        f"| the search pipeline alone, in process: hybrid p50 / vector p50 ({hybrid_ms:.2f} "
+        f"/ {vector_ms:.2f} ms) | {hybrid_ms / vector_ms:.3f} | | for information |"
+    )
+    return rows
+
+
+def served_latency(work: Path, queries: list[str], rounds: int = 5) -> dict[str, float]:
+    """p50 of the server's own time (its ``Server-Timing`` header) for the text searches
+    of ``queries`` in the vector and hybrid modes, interleaved, through ``cnclip serve``
+    on loopback with the cache off (the batcher, the encoders and the search included)."""
+    import os
+    import socket
+    import statistics
+    import subprocess
+    import time
+
+    import httpx
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    env = {**os.environ, "CNCLIP_CACHE__ENABLED": "false"}
+    command = [sys.executable, "-m", "cnclip", "serve", "--bundle", str(work / "bundle")]
+    command += ["--index", str(work / "index"), "--port", str(port), "--log-level", "warning"]
+    server = subprocess.Popen(command, env=env, cwd=ROOT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                if httpx.get(url + "/readyz", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline or server.poll() is not None:
+                raise RuntimeError("cnclip serve did not become ready")
+            time.sleep(0.3)
+        times: dict[str, list[float]] = {"vector": [], "hybrid": []}
+        with httpx.Client(base_url=url, timeout=30) as client:
+            for round_ in range(rounds + 1):
+                for query in queries:
+                    for mode in times:
+                        body = {"query": query, "mode": mode, "top_k": 10}
+                        answer = client.post("/v1/search/text", json=body)
+                        answer.raise_for_status()
+                        took = float(answer.headers["server-timing"].split("dur=")[1])
+                        if round_:  # the first round warms up
+                            times[mode].append(took)
+        return {mode: round(statistics.median(v), 3) for mode, v in times.items()}
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -135,6 +189,10 @@ def main(argv: list[str] | None = None) -> int:
         reports[name] = json.loads((out / "search.json").read_text(encoding="utf-8"))
         tables[name] = (out / "search.md").read_text(encoding="utf-8")
     on = reports["on"]
+    lines = (work / "catalog" / "judged.jsonl").read_text(encoding="utf-8").splitlines()
+    judged = [json.loads(line)["query"] for line in lines if line.strip()]
+    served = served_latency(work, judged)
+    on["served_p50_ms"] = served
     demo = json.loads((work / "report.json").read_text(encoding="utf-8"))
     calibration = on["calibration"] or {}
     command = "bench/search_quality.py " + shlex.join(sys.argv[1:] if argv is None else argv)

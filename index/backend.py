@@ -201,6 +201,11 @@ class IndexBackend(Protocol):
         """The stored vectors of items ``ids`` (``[n, d]``; NaN rows for ids not there)."""
         ...
 
+    def fetch_items(self, ids: Sequence[str]) -> list[dict[str, Any] | None]:
+        """The records (``{"id", "title", ...attributes}``) of items ``ids``, as search
+        results carry them with ``with_metadata`` (None for ids not there)."""
+        ...
+
     def word_coverage(self, text: str, ids: Sequence[str]) -> npt.NDArray[np.float64]:
         """For each item, the IDF-weighted share of ``text``'s words its title holds, in
         [0, 1] (zeros where the backend has no lexical index)."""

@@ -108,7 +108,11 @@ def calibrate(corpus: Corpus, vectors: npt.NDArray[np.float32], seed: int = 0) -
             raise DataError(
                 f"title embeddings {list(corpus.titles.shape)} for vectors {list(vectors.shape)}"
             )
-        titles = item_titles(corpus.items, len(vectors))
+        # Grouped as embedded: titles that differ only in their codes are one title.
+        titles = [
+            None if t is None else without_codes(t) or None
+            for t in item_titles(corpus.items, len(vectors))
+        ]
         try:
             return fit_titles(vectors, corpus.titles, titles, seed=seed)
         except DataError as exc:

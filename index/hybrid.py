@@ -177,7 +177,7 @@ class Answer:
 @dataclass
 class _Candidate:
     id: str
-    metadata: dict[str, Any]
+    metadata: dict[str, Any] | None = None  # read only for the candidates that need it
     cosine: float | None = None
     vector_rank: int | None = None
     vector_score: float | None = None
@@ -209,29 +209,34 @@ def _gather(index: IndexBackend, query: ProductQuery) -> dict[str, _Candidate]:
     found: dict[str, _Candidate] = {}
     common: dict[str, Any] = {"filter": query.filter, "exclude": query.exclude}
     if query.mode in ("vector", "hybrid") and query.vector is not None:
-        result = index.search(
-            query.vector[None, :], size, nprobe=query.nprobe, with_metadata=True, **common
-        )
-        assert result.items is not None
-        for rank, (score, record) in enumerate(
-            zip(result.scores[0], result.items[0], strict=False), start=1
+        result = index.search(query.vector[None, :], size, nprobe=query.nprobe, **common)
+        for rank, (score, item) in enumerate(
+            zip(result.scores[0], result.ids[0], strict=False), start=1
         ):
-            meta = {k: v for k, v in record.items() if k != "id"}
-            candidate = found.setdefault(record["id"], _Candidate(record["id"], meta))
+            candidate = found.setdefault(item, _Candidate(item))
             candidate.cosine = float(score)
             candidate.vector_rank = rank
             candidate.vector_score = float(score)
     if query.mode in ("lexical", "hybrid") and (query.text or "").strip():
-        result = index.search_words(str(query.text), size, with_metadata=True, **common)
-        assert result.items is not None
-        for rank, (score, record) in enumerate(
-            zip(result.scores[0], result.items[0], strict=False), start=1
+        result = index.search_words(str(query.text), size, **common)
+        for rank, (score, item) in enumerate(
+            zip(result.scores[0], result.ids[0], strict=False), start=1
         ):
-            meta = {k: v for k, v in record.items() if k != "id"}
-            candidate = found.setdefault(record["id"], _Candidate(record["id"], meta))
+            candidate = found.setdefault(item, _Candidate(item))
             candidate.bm25 = float(score)
             candidate.lexical_rank = rank
     return found
+
+
+def _read_metadata(index: IndexBackend, candidates: Sequence[_Candidate]) -> None:
+    """The records of the candidates that have none yet (one call for all)."""
+    missing = [c for c in candidates if c.metadata is None]
+    if not missing:
+        return
+    records = index.fetch_items([c.id for c in missing])
+    for candidate, record in zip(missing, records, strict=True):
+        record = record or {}
+        candidate.metadata = {k: v for k, v in record.items() if k != "id"}
 
 
 def _vectors_for(
@@ -328,7 +333,7 @@ def _relevance(index: IndexBackend, query: ProductQuery, found: dict[str, _Candi
 def _boost(query: ProductQuery, candidates: list[_Candidate]) -> None:
     """Step 5: multiplicative boosts on numeric fields."""
     for candidate in candidates:
-        extra = sum(b.weight * b.value(candidate.metadata) for b in query.boosts)
+        extra = sum(b.weight * b.value(candidate.metadata or {}) for b in query.boosts)
         candidate.boost = extra
         if extra:
             candidate.fused = candidate.fused * (1.0 + extra)
@@ -343,7 +348,7 @@ def _group(
     groups: dict[Any, list[_Candidate]] = {}
     order: list[Any] = []
     for candidate in ranked:
-        value = candidate.metadata.get(query.group_by)
+        value = (candidate.metadata or {}).get(query.group_by)
         key: Any = ("item", candidate.id) if value is None else ("value", repr(value))
         if key not in groups:
             groups[key] = []
@@ -393,15 +398,20 @@ def product_search(index: IndexBackend, query: ProductQuery) -> Answer:
     candidates = [c for c in found.values() if c.vector_rank or c.lexical_rank]
     best = max((c.relevance for c in candidates), default=None)
     kept = [c for c in candidates if c.relevance >= query.min_relevance]
+    if query.group_by is not None or query.boosts:
+        _read_metadata(index, kept)  # grouping and boosts read every candidate's
     _boost(query, kept)
     kept.sort(key=lambda c: (-c.fused, c.vector_rank or MAX_K + 1, c.lexical_rank or 0))
+    groups = _group(query, kept)[: query.k]
+    _read_metadata(index, [m for _, members in groups for m in members])
     hits = []
-    for lead, members in _group(query, kept)[: query.k]:
+    for lead, members in groups:
+        metadata = lead.metadata or {}
         group = None
         if query.group_by is not None:
             group = {
                 "field": query.group_by,
-                "value": lead.metadata.get(query.group_by),
+                "value": metadata.get(query.group_by),
                 "items": [
                     {"id": m.id, "score": round(m.fused, 6), "relevance": round(m.relevance, 6)}
                     for m in members
@@ -412,7 +422,7 @@ def product_search(index: IndexBackend, query: ProductQuery) -> Answer:
                 id=lead.id,
                 score=lead.fused,
                 relevance=lead.relevance,
-                metadata=lead.metadata,
+                metadata=metadata,
                 cosine=lead.cosine,
                 group=group,
                 explain=_explain(query, lead) if query.explain else {},

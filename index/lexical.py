@@ -19,6 +19,7 @@ files that load memory-mapped.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import math
@@ -58,6 +59,7 @@ _CODE = re.compile(
     r"[a-z0-9]*[0-9][a-z0-9]*(?:[-_/.][a-z0-9]+)*|[a-z0-9]+(?:[-_/.][a-z0-9]+)+", re.I
 )
 _JOINERS = re.compile(r"[-_/.]")
+_CACHED_CHARS: Final = 64  # queries up to this long keep their words in memory
 _BM25 = {"k1": 1.2, "b": 0.75}  # Lucene's defaults; titles are short and of even length
 
 
@@ -122,6 +124,17 @@ class Segmenter:
         return found
 
     def __call__(self, text: str) -> list[str]:
+        """The words of ``text``; a query's are kept for the next call that asks (a
+        hybrid search cuts one query twice: to score and to measure coverage)."""
+        if len(text) <= _CACHED_CHARS:
+            return list(self._cut_cached(text))
+        return self._cut(text)
+
+    @functools.lru_cache(maxsize=4096)  # noqa: B019 (segmenters live as long as the process)
+    def _cut_cached(self, text: str) -> tuple[str, ...]:
+        return tuple(self._cut(text))
+
+    def _cut(self, text: str) -> list[str]:
         text = _normalise(text)
         tokens: list[str] = []
         start = 0
@@ -259,14 +272,22 @@ class LexicalIndex:
             present = np.zeros(len(wanted), dtype=bool)
             df = 0
             for token in spellings:
-                if token in self._retriever.vocab_dict:
-                    hits = np.asarray(self._retriever.get_scores([token])) > 0
-                    df = max(df, int(hits.sum()))
-                    present |= hits[wanted]
+                postings = self._postings(token)
+                df = max(df, len(postings))
+                present |= np.isin(wanted, postings)
             idf = math.log(1.0 + (n - df + 0.5) / (df + 0.5))
             total += idf
             out += idf * present
         return out / total if total > 0 else out
+
+    def _postings(self, token: str) -> npt.NDArray[np.int64]:
+        """The rows whose title holds ``token`` (the column of bm25s's sparse matrix)."""
+        column = self._retriever.vocab_dict.get(token)
+        if column is None:
+            return np.zeros(0, dtype=np.int64)
+        matrix = self._retriever.scores
+        start, stop = int(matrix["indptr"][column]), int(matrix["indptr"][column + 1])
+        return np.asarray(matrix["indices"][start:stop], dtype=np.int64)
 
     def search(
         self, query: str, k: int, allowed: npt.NDArray[np.bool_] | None = None

@@ -181,6 +181,9 @@ class DirectoryIndex:
     def fetch_vectors(self, ids: Sequence[str]) -> npt.NDArray[np.float32]:
         return self.current.vectors_of(ids)
 
+    def fetch_items(self, ids: Sequence[str]) -> list[dict[str, Any] | None]:
+        return self.current.items_of(ids)
+
     def word_coverage(self, text: str, ids: Sequence[str]) -> npt.NDArray[np.float64]:
         return self.current.word_coverage(text, ids)
 

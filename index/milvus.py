@@ -1488,6 +1488,22 @@ class MilvusIndex:
                 out[where[str(row[ID])]] = np.asarray(row[VECTOR], dtype=np.float32)
         return out
 
+    def fetch_items(self, ids: Sequence[str]) -> list[dict[str, Any] | None]:
+        manifest = self.manifest
+        found: dict[str, dict[str, Any]] = {}
+        wanted = list(dict.fromkeys(ids))
+        for start in range(0, len(wanted), 1_000):
+            got = self.connection.call(
+                "get",
+                self._collection,
+                ids=wanted[start : start + 1_000],
+                output_fields=[ID, *self._output_fields(manifest)],
+            )
+            for row in got:
+                item_id = str(row[ID])
+                found[item_id] = _record(row, manifest, item_id)
+        return [found.get(i) for i in ids]
+
     def word_coverage(self, text: str, ids: Sequence[str]) -> npt.NDArray[np.float64]:
         """Zeros: no lexical index on Milvus yet."""
         return np.zeros(len(ids), dtype=np.float64)

@@ -9,7 +9,9 @@ own model and catalog at build:
   bundle's text tower with its model codes taken out, which no picture shows and the
   lexical side matches; the picture's vector from the index);
 - **negatives**: the same title against the picture of an item whose title differs (a
-  catalog often repeats a title, and an item with the same title is no negative);
+  catalog often repeats a title, and an item with the same title is no negative), drawn
+  at random and, as many, among the pictures nearest to the title: the items a search
+  meets first, whose cosines decide where relevance falls off;
 - **Platt scaling** (a logistic curve in the cosine, fitted by Newton's method with a
   small ridge) on a balanced sample, so that ``relevance = 0.5`` is where a relevant and
   an irrelevant item are equally likely. Why Platt and not isotonic regression: a CLIP
@@ -17,8 +19,9 @@ own model and catalog at build:
   in the cosine is the right shape; two parameters need a few hundred pairs where
   isotonic regression needs thousands, and its steps would make a relevance that jumps
   between two neighbouring cosines;
-- the **expected calibration error** (10 equal-width bins) measured on held-out items
-  (20 %) the fit never saw, recorded with the fit in the version's manifest.
+- the **expected calibration error** (10 equal-width bins) measured on held-out items by
+  5-fold cross-validation (each item's pairs predicted by a fit that never saw them),
+  recorded with the fit (on every sampled item) in the version's manifest.
 
 A catalog without titles has no positives: its versions get a **null** calibration, the
 distribution of cosines between random pairs of its pictures, and ``relevance`` is then
@@ -52,9 +55,11 @@ __all__ = [
 ]
 
 BINS: Final = 10
-HELD_OUT: Final = 0.2
-NEGATIVES_PER_ITEM: Final = 4
-MAX_ITEMS: Final = 20_000  # items sampled for the fit: enough for two parameters
+FOLDS: Final = 5
+NEGATIVES_PER_ITEM: Final = 4  # at random, and as many among the nearest
+HARD_NEAREST: Final = 10
+HARD_POOL: Final = 4_000  # pictures searched for each title's nearest negatives
+MAX_ITEMS: Final = 5_000  # items sampled for the fit: plenty for two parameters
 NULL_PAIRS: Final = 20_000
 NULL_QUANTILES: Final = 101
 RIDGE: Final = 1e-3
@@ -174,15 +179,25 @@ def _pairs(
     pool: npt.NDArray[np.int64],
     rng: np.random.Generator,
 ) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]:
-    """Cosines and labels: each item's title with its picture, and with the pictures of
-    up to ``NEGATIVES_PER_ITEM`` titled items (``pool``) of other titles."""
+    """Cosines and labels: each item's title with its picture; with the pictures of
+    ``NEGATIVES_PER_ITEM`` titled items (``pool``) of other titles drawn at random; and
+    with ``NEGATIVES_PER_ITEM`` drawn among the ``HARD_NEAREST`` of them nearest to the
+    title (in a sample of the pool): the items a search meets first."""
     scores: list[float] = []
     labels: list[float] = []
-    for i in items:
+    near_pool = rng.choice(pool, size=min(len(pool), HARD_POOL), replace=False)
+    sims = texts[items] @ images[near_pool].T  # [items, near pool]
+    for row, i in enumerate(items):
         scores.append(float(images[i] @ texts[i]))
         labels.append(1.0)
         drawn = rng.choice(pool, size=min(len(pool), NEGATIVES_PER_ITEM * 3))
         others = [int(j) for j in drawn if title_ids[j] != title_ids[i]][:NEGATIVES_PER_ITEM]
+        order = np.argsort(-sims[row], kind="stable")
+        nearest = [int(near_pool[n]) for n in order if title_ids[near_pool[n]] != title_ids[i]]
+        nearest = nearest[:HARD_NEAREST]
+        if nearest:
+            picks = rng.choice(len(nearest), size=min(NEGATIVES_PER_ITEM, len(nearest)))
+            others += [nearest[int(n)] for n in picks]
         for j in others:
             scores.append(float(images[j] @ texts[i]))
             labels.append(0.0)
@@ -227,27 +242,47 @@ def fit_titles(
         raise DataError("every item has the same title: nothing to tell relevant items apart")
     rng = np.random.default_rng(seed)
     sample = rng.permutation(titled)[:MAX_ITEMS]
-    cut = max(1, round(len(sample) * HELD_OUT))
-    held, fit = sample[:cut], sample[cut:]
-    fit_scores, fit_labels = _balanced(*_pairs(img, txt, title_ids, fit, titled, rng), rng)
+    # Each item's pairs are drawn once; the folds split the items, not the pairs.
+    pairs = [
+        _pairs(img, txt, title_ids, sample[n : n + 1], titled, rng) for n in range(len(sample))
+    ]
+    folds = np.arange(len(sample)) % FOLDS
+    held_scores: list[npt.NDArray[np.float64]] = []
+    held_labels: list[npt.NDArray[np.float64]] = []
+    held_predicted: list[npt.NDArray[np.float64]] = []
+    for fold in range(FOLDS):
+        inside = [p for p, f in zip(pairs, folds, strict=True) if f != fold]
+        outside = [p for p, f in zip(pairs, folds, strict=True) if f == fold]
+        if not outside:
+            continue
+        a, b = fit_platt(*_balanced(*_joined(inside), rng))
+        scores, labels = _balanced(*_joined(outside), rng)
+        held_predicted.append(Calibration("platt", {"a": a, "b": b}).relevance(scores))
+        held_scores.append(scores)
+        held_labels.append(labels)
+    ece = expected_calibration_error(np.concatenate(held_predicted), np.concatenate(held_labels))
+    fit_scores, fit_labels = _balanced(*_joined(pairs), rng)
     a, b = fit_platt(fit_scores, fit_labels)
-    calibration = Calibration(
-        "platt", {"a": a, "b": b}, pairs=len(fit_scores), source="titles vs pictures"
-    )
-    held_scores, held_labels = _balanced(*_pairs(img, txt, title_ids, held, titled, rng), rng)
-    ece = expected_calibration_error(calibration.relevance(held_scores), held_labels)
     return Calibration(
         "platt",
         {"a": round(a, 6), "b": round(b, 6)},
         ece=round(ece, 4),
         pairs=len(fit_scores),
-        held_out_pairs=len(held_scores),
+        held_out_pairs=sum(len(x) for x in held_scores),
         source="titles vs pictures",
         notes=(
-            f"fitted on {len(fit)} items, measured on {len(held)} others; balanced: "
-            "relevance 0.5 is where a relevant and an irrelevant item are equally likely",
+            f"fitted on {len(sample)} items; the calibration error measured by {FOLDS}-fold "
+            "cross-validation (each item's pairs held out of the fit that predicts them); "
+            "balanced: relevance 0.5 is where a relevant and an irrelevant item are "
+            "equally likely",
         ),
     )
+
+
+def _joined(
+    pairs: Sequence[tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]],
+) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]:
+    return np.concatenate([p[0] for p in pairs]), np.concatenate([p[1] for p in pairs])
 
 
 def fit_null(images: npt.ArrayLike, *, seed: int = 0) -> Calibration:

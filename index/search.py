@@ -16,7 +16,9 @@ decides; faiss-gpu's limits, k and nprobe <= 2048, are the API's limits everywhe
 
 from __future__ import annotations
 
+import json
 import threading
+from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -43,6 +45,8 @@ from runtime.identity import ModelRef
 
 EXACT_SUBSET_MAX = 50_000  # filters matching at most this many rows are searched exactly
 MMAP_MIN_BYTES = 1 << 30
+ALLOWED_CACHE = 64  # filters whose matching rows a version keeps
+RECENT_IDS = 100_000  # ids of search results a version remembers the rows of
 VOCABULARY_MAX = 1_000  # distinct values of an attribute that queries may name
 
 
@@ -108,6 +112,8 @@ class CatalogIndex:
         self.texts = CatalogIndex(texts, mmap=mmap, gpu=gpu) if texts.is_dir() else None
         self._lexical: LexicalIndex | None = None
         self._vocabulary: dict[str, tuple[str, ...]] | None = None
+        self._allowed: OrderedDict[str, npt.NDArray[np.int64]] = OrderedDict()
+        self._recent: dict[str, int] = {}  # id -> row of items searches returned lately
         self.has_lexical = (directory / LEXICAL_DIR).is_dir()
 
     @property
@@ -222,25 +228,48 @@ class CatalogIndex:
     def _allowed_rows(
         self, filter: Mapping[str, Any] | None, exclude: Mapping[str, Any] | None
     ) -> npt.NDArray[np.int64] | None:
-        """The live rows a filter and an exclusion leave (None: every live row)."""
+        """The live rows a filter and an exclusion leave (None: every live row); the
+        last few answers are kept (a version never changes, and a hybrid search asks
+        twice, once a side)."""
+        if filter is None and exclude is None:
+            return None
+        key = json.dumps([filter, exclude], sort_keys=True, ensure_ascii=False, default=str)
+        with self._lock:
+            found = self._allowed.get(key)
+            if found is not None:
+                self._allowed.move_to_end(key)
+                return found
         allowed = None if filter is None else self.store.matching(filter)
-        if exclude is None:
-            return allowed
-        removed = self.store.matching_any(exclude)
-        if allowed is None:
-            allowed = self._live_rows()
-        return np.setdiff1d(allowed, removed, assume_unique=True).astype(np.int64)
+        if exclude is not None:
+            removed = self.store.matching_any(exclude)
+            if allowed is None:
+                allowed = self._live_rows()
+            allowed = np.setdiff1d(allowed, removed, assume_unique=True).astype(np.int64)
+        assert allowed is not None
+        allowed.setflags(write=False)
+        with self._lock:
+            self._allowed[key] = allowed
+            while len(self._allowed) > ALLOWED_CACHE:
+                self._allowed.popitem(last=False)
+        return allowed
 
     def vectors_of(self, ids: Sequence[str]) -> npt.NDArray[np.float32]:
         """The stored vectors of live items ``ids`` (``[n, d]``; NaN rows for ids that
         are not there)."""
-        rows = self.store.rows_of(list(ids))
+        rows = self._rows_of(ids)
         out = np.full((len(ids), self.dim), np.nan, dtype=np.float32)
         found = [(n, rows[i]) for n, i in enumerate(ids) if i in rows]
         if found:
             where, which = zip(*found, strict=True)
             out[list(where)] = self.vectors()[list(which)]
         return out
+
+    def items_of(self, ids: Sequence[str]) -> list[dict[str, Any] | None]:
+        """The records (``{"id", "title", ...}``) of live items ``ids`` (None where an id
+        is not there)."""
+        rows = self._rows_of(ids)
+        meta = self.store.metadata(list(rows.values()))
+        return [meta.get(rows[i]) if i in rows else None for i in ids]
 
     def word_coverage(self, query: str, ids: Sequence[str]) -> npt.NDArray[np.float64]:
         """The share of ``query``'s words each item's title holds (0 without a lexical
@@ -249,12 +278,26 @@ class CatalogIndex:
         out = np.zeros(len(ids), dtype=np.float64)
         if lexical is None or not ids:
             return out
-        rows = self.store.rows_of(list(ids))
+        rows = self._rows_of(ids)
         found = [(n, rows[i]) for n, i in enumerate(ids) if i in rows]
         if found:
             where, which = zip(*found, strict=True)
             out[list(where)] = lexical.coverage(query, list(which))
         return out
+
+    def _rows_of(self, ids: Sequence[str]) -> dict[str, int]:
+        """The rows of live ``ids``: those a search returned lately from memory, the
+        others from the store."""
+        known = self._recent
+        rows: dict[str, int] = {}
+        for item in ids:
+            row = known.get(item)  # get: another thread may clear it meanwhile
+            if row is not None:
+                rows[item] = row
+        missing = [i for i in ids if i not in rows]
+        if missing:
+            rows.update(self.store.rows_of(missing))
+        return rows
 
     def vocabulary(self) -> dict[str, tuple[str, ...]]:
         """The attribute values a query may name (:meth:`index.store.ItemStore.
@@ -376,6 +419,11 @@ class CatalogIndex:
         with_metadata: bool,
     ) -> SearchResult:
         ids = [[self.store.id_of(int(r)) for r in row if r >= 0] for row in rows]
+        recent = self._recent
+        if len(recent) > RECENT_IDS:
+            recent.clear()  # bounded; the store answers what is not here
+        for found, row in zip(ids, rows, strict=True):
+            recent.update(zip(found, (int(r) for r in row if r >= 0), strict=True))
         items = None
         if with_metadata:
             meta = self.store.metadata(rows[rows >= 0].tolist())

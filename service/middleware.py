@@ -49,9 +49,11 @@ class Gatekeeper:
                 state["status"] = message["status"]
                 state["started"] = True
                 message.setdefault("headers", [])
+                took = 1000.0 * (time.perf_counter() - start)
                 message["headers"] = [
                     *message["headers"],
                     (b"x-request-id", request_id.encode("latin-1")),
+                    (b"server-timing", f"app;dur={took:.3f}".encode("latin-1")),
                     *self.stamp,
                 ]
             await send(message)

@@ -77,7 +77,11 @@ class SearchOptions(BaseModel):
         examples=["spu"],
     )
     group_size: int = Field(
-        1, ge=1, le=20, description="With group_by: how many items of each group to list."
+        1,
+        ge=1,
+        le=20,
+        description="With group_by: how many items of each group to list.",
+        examples=[3],
     )
     boost: list[BoostSpec] | None = Field(
         None,
@@ -85,7 +89,9 @@ class SearchOptions(BaseModel):
         description="Boosts on numeric fields, applied after fusion.",
         examples=[[{"field": "sales", "weight": 0.1, "transform": "log1p"}]],
     )
-    explain: bool = Field(False, description="Return how each result's score was made.")
+    explain: bool = Field(
+        False, description="Return how each result's score was made.", examples=[True]
+    )
 
 
 class TextOptions(SearchOptions):
@@ -98,14 +104,21 @@ class TextOptions(SearchOptions):
     fusion: Literal["rrf", "weighted"] = Field(
         "rrf",
         description="Hybrid fusion: reciprocal rank (k = 60) or weighted scores (alpha).",
+        examples=["weighted"],
     )
     alpha: float = Field(
-        0.5, ge=0.0, le=1.0, description="Weighted fusion: the vector side's weight."
+        0.5,
+        ge=0.0,
+        le=1.0,
+        description="Weighted fusion: the vector side's weight.",
+        examples=[0.7],
     )
     understand: bool = Field(
         True,
         description="Read negation (不要/不含/除了 ...) and attribute words (colours, kinds, "
-        "brands of this catalog) as filters; the reading is returned as 'interpreted'.",
+        "brands of this catalog) as filters; the reading is returned as 'interpreted' "
+        "(不要红色的杯子: must kind 杯子, must_not colour 红色).",
+        examples=[True],
     )
 
 
@@ -156,8 +169,12 @@ class MultimodalSearchRequest(TextOptions):
     )
     text: str | None = Field(None, max_length=100_000, description="The query text (Chinese).")
     image: ImageInput | None = None
-    text_weight: float = Field(1.0, ge=0.0, le=100.0)
-    image_weight: float = Field(1.0, ge=0.0, le=100.0)
+    text_weight: float = Field(
+        1.0, ge=0.0, le=100.0, description="The text embedding's weight.", examples=[0.5]
+    )
+    image_weight: float = Field(
+        1.0, ge=0.0, le=100.0, description="The image embedding's weight.", examples=[1.0]
+    )
 
     @model_validator(mode="after")
     def _something(self) -> MultimodalSearchRequest:

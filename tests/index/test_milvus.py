@@ -369,6 +369,54 @@ def test_versions_switch_under_load_and_old_ones_are_kept(
     served.close()
 
 
+def test_product_search_runs_on_milvus_as_on_faiss(
+    server: LiteServer, data: tuple[Corpus, np.ndarray]
+) -> None:
+    """The pipeline of the service (index.hybrid) on Milvus: exclusions, the vocabulary
+    and the calibration from the manifest, records and vectors by id, grouping, boosts;
+    the same answers as a FAISS directory of the same items."""
+    from index.build import build_version
+    from index.hybrid import Boost, ProductQuery, plan_text, product_search
+
+    corpus, queries = data
+    small = Corpus(corpus.vectors[:600], corpus.ids[:600], (corpus.items or [])[:600])
+    location = server.location("product")
+    index.build_index(location, small, model=MODEL, index_type="FLAT", progress=False)
+    milvus = index.load(location)
+    faiss_dir = index.load(build_version(Path(server.data_dir).parent / "faiss", small,
+                                         factory="Flat", progress=False))  # fmt: skip
+    try:
+        assert milvus.vocabulary["colour"] == tuple(sorted(COLOURS))
+        assert milvus.vocabulary["shop"] == faiss_dir.vocabulary["shop"]
+        calibration = milvus.calibration
+        assert calibration is not None and calibration.method == "null"  # no title vectors
+        plan = plan_text(milvus, "不要红的商品")
+        assert plan.exclude == {"colour": ["红"]}
+        query = ProductQuery(
+            k=8,
+            vector=queries[0],
+            exclude=plan.exclude,
+            group_by="shop",
+            group_size=2,
+            boosts=(Boost("stock", 0.5),),
+            explain=True,
+        )
+        got, want = product_search(milvus, query), product_search(faiss_dir, query)
+        assert [h.id for h in got.hits] == [h.id for h in want.hits]
+        assert [h.metadata for h in got.hits] == [h.metadata for h in want.hits]
+        assert all(h.metadata["colour"] != "红" for h in got.hits) and len(got.hits) == 4
+        assert [h.group for h in got.hits] == [h.group for h in want.hits]
+        ids = [small.ids[3], "missing", small.ids[7]]
+        vectors = milvus.fetch_vectors(ids)
+        np.testing.assert_allclose(vectors[[0, 2]], small.vectors[[3, 7]], atol=1e-6)
+        assert np.isnan(vectors[1]).all()
+        records = milvus.fetch_items(ids)
+        assert records[1] is None and records[0] == {"id": small.ids[3], **small.items[3]}  # type: ignore[index]
+    finally:
+        milvus.close()
+        faiss_dir.close()
+
+
 def test_a_partition_key_serves_many_shops(
     server: LiteServer, data: tuple[Corpus, np.ndarray]
 ) -> None:
