@@ -136,7 +136,11 @@ def test_multimodal_search_weighs_the_text_and_the_image(
     assert alone.status_code == 200 and by_image.status_code == 200, alone.text
     assert [i["id"] for i in alone.json()["items"]] == [i["id"] for i in by_image.json()["items"]]
     body = {"image": image, "text": "蓝色的", "text_weight": 0.5, "image_weight": 1.0}
-    both = client.post("/v1/search", json={**body, "mode": "vector", "top_k": 5})
+    # min_relevance 0: the tiny random model's relevance says nothing (the default would
+    # apply to a query with a text).
+    both = client.post(
+        "/v1/search", json={**body, "mode": "vector", "top_k": 5, "min_relevance": 0.0}
+    )
     assert both.status_code == 200, both.text
     got = both.json()
     picture = bundle.encode_images([photos()[2]])[0]
@@ -154,7 +158,13 @@ def test_multimodal_search_weighs_the_text_and_the_image(
     form = client.post(
         "/v1/search",
         files={"image": ("p.jpg", photo_bytes(2), "image/jpeg")},
-        data={"text": "蓝色的", "text_weight": "0.5", "mode": "vector", "top_k": "5"},
+        data={
+            "text": "蓝色的",
+            "text_weight": "0.5",
+            "mode": "vector",
+            "top_k": "5",
+            "min_relevance": "0",
+        },
     )
     assert form.status_code == 200, form.text
     assert [i["id"] for i in form.json()["items"]] == [i["id"] for i in got["items"]]
