@@ -126,10 +126,10 @@ def _cmd_build(args: argparse.Namespace) -> int:
         )
     options: dict[str, Any] = {"model": model, "target": args.target, "progress": not args.quiet}
     if milvus:
-        if args.factory or args.profile or args.lexicon:
+        if args.factory or args.profile:
             raise CnClipError(
-                "--factory, --profile and --lexicon are for FAISS directories; on Milvus "
-                "choose the index with --milvus-index and --milvus-params"
+                "--factory and --profile are for FAISS directories; on Milvus choose the "
+                "index with --milvus-index and --milvus-params"
             )
         options.update(
             texts=_texts(args),
@@ -145,10 +145,10 @@ def _cmd_build(args: argparse.Namespace) -> int:
                 "milvus:// locations"
             )
         options.update(texts=_texts(args), factory=args.factory, profile=args.profile or "quality")
-        if args.lexicon:
-            from index.lexical import read_lexicon
+    if args.lexicon:
+        from index.lexical import read_lexicon
 
-            options["lexicon"] = read_lexicon(args.lexicon)
+        options["lexicon"] = read_lexicon(args.lexicon)
     version = index.build_index(args.out, corpus, **options)
     if not args.quiet:
         print(f"wrote {version} ({len(corpus.ids):,} items); {args.out} serves it", file=sys.stderr)
@@ -452,7 +452,7 @@ def add_index_commands(sub: Any) -> None:
     build.add_argument("--text-corpus", help="jsonl of {id, text}: a text index for image search")
     build.add_argument(
         "--lexicon",
-        help="FAISS: words the lexical index must keep whole (brands, series), one a line "
+        help="words the lexical index must keep whole (brands, series), one a line "
         "(jieba's user-dictionary format); model codes such as SB-1024 are kept anyway",
     )
     build.add_argument(

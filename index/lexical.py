@@ -42,6 +42,7 @@ __all__ = [
     "LEXICAL_DIR",
     "LexicalIndex",
     "Segmenter",
+    "joined",
     "read_lexicon",
     "version_lexicon",
     "without_codes",
@@ -70,6 +71,11 @@ def _normalise(text: str) -> str:
     """Full-width forms folded (ＳＢ－１０２４ → SB-1024) and ASCII letters in upper case,
     as jieba's dictionary writes its mixed words (T恤, K歌): t恤 and T恤 are one word."""
     return unicodedata.normalize("NFKC", text).translate(_UPPER)
+
+
+def joined(token: str) -> str:
+    """A code in its joined spelling (``sb-1024`` -> ``sb1024``); other words as they are."""
+    return _JOINERS.sub("", token)
 
 
 def without_codes(text: str) -> str:

@@ -76,7 +76,11 @@ REVISION_PROPERTY = "cnclip.revision"
 FORMAT = "cnclip-milvus-index"
 FORMAT_VERSION = 1
 ID, VECTOR, TITLE = "id", "vector", "title"
-RESERVED = frozenset({ID, VECTOR, TITLE, "image", "$meta"})
+#: The title's words (index.lexical's segmenter) and their BM25 vector, which Milvus's
+#: BM25 function computes from them with its jieba analyzer.
+WORDS, WORDS_BM25 = "cnclip_words", "cnclip_words_bm25"
+RESERVED = frozenset({ID, VECTOR, TITLE, WORDS, WORDS_BM25, "image", "$meta"})
+WORDS_ANALYZER = {"tokenizer": {"type": "jieba", "mode": "exact"}}
 MAX_ID_BYTES = 512
 VARCHAR_MAX = 65_535
 ARRAY_CAPACITY = 4_096
@@ -518,6 +522,8 @@ class MilvusManifest:
     texts: str | None = None
     relevance: Mapping[str, Any] = field(default_factory=dict)
     vocabulary: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    lexical: bool = False
+    lexicon: tuple[str, ...] = ()
     created: str = field(default_factory=now)
     format_version: int = FORMAT_VERSION
 
@@ -552,6 +558,8 @@ class MilvusManifest:
             "texts": self.texts,
             "relevance": dict(self.relevance),
             "vocabulary": {k: list(v) for k, v in self.vocabulary.items()},
+            "lexical": self.lexical,
+            "lexicon": list(self.lexicon),
             "created": self.created,
         }
 
@@ -605,6 +613,8 @@ class MilvusManifest:
                     str(k): tuple(str(x) for x in v)
                     for k, v in (data.get("vocabulary") or {}).items()
                 },
+                lexical=bool(data.get("lexical", False)),
+                lexicon=tuple(str(w) for w in data.get("lexicon") or ()),
                 created=str(data.get("created", "")),
                 format_version=int(data["format_version"]),
             )
@@ -748,15 +758,36 @@ def choose_index(
 
 
 def _schema(
-    connection: Connection, dim: int, fields: Mapping[str, FieldSpec], partition_key: str | None
+    connection: Connection,
+    dim: int,
+    fields: Mapping[str, FieldSpec],
+    partition_key: str | None,
+    lexical: bool = False,
 ) -> Any:
     _pymilvus()
-    from pymilvus import DataType
+    from pymilvus import DataType, Function, FunctionType
 
     schema = connection.client().create_schema(auto_id=False, enable_dynamic_field=True)
     schema.add_field(ID, DataType.VARCHAR, is_primary=True, max_length=MAX_ID_BYTES)
     schema.add_field(VECTOR, DataType.FLOAT_VECTOR, dim=dim)
     schema.add_field(TITLE, DataType.VARCHAR, max_length=VARCHAR_MAX, nullable=True)
+    if lexical:
+        schema.add_field(
+            WORDS,
+            DataType.VARCHAR,
+            max_length=VARCHAR_MAX,
+            enable_analyzer=True,
+            analyzer_params=WORDS_ANALYZER,
+        )
+        schema.add_field(WORDS_BM25, DataType.SPARSE_FLOAT_VECTOR)
+        schema.add_function(
+            Function(
+                name="cnclip_words_bm25",
+                function_type=FunctionType.BM25,
+                input_field_names=[WORDS],
+                output_field_names=[WORDS_BM25],
+            )
+        )
     scalar = {"str": DataType.VARCHAR, "int": DataType.INT64, "float": DataType.DOUBLE}
     scalar["bool"] = DataType.BOOL
     for key, spec in fields.items():
@@ -794,6 +825,8 @@ def _row(
         VECTOR: vector.tolist(),
         TITLE: None if title is None else str(title),
     }
+    if manifest.lexical:
+        row[WORDS] = words_text(str(title), manifest.lexicon) if isinstance(title, str) else ""
     names = {spec.field for spec in manifest.fields.values()}
     for key, spec in manifest.fields.items():
         value = record.get(key)
@@ -821,6 +854,16 @@ def _row(
             raise DataError(f"item {item_id!r}: attribute {key!r} clashes with a field name")
         row[key] = value
     return row
+
+
+def words_text(text: str, lexicon: Sequence[str] = ()) -> str:
+    """``text``'s words as :mod:`index.lexical` cuts them (codes whole, the lexicon's words
+    kept), joined by spaces for Milvus's analyzer; a code in its joined spelling
+    (``sb1024``), which the jieba analyzer keeps whole."""
+    from index.lexical import Segmenter, joined
+
+    words = dict.fromkeys(joined(token) for token in Segmenter.shared(lexicon)(text))
+    return " ".join(w for w in words if w)
 
 
 def _rows(
@@ -1098,6 +1141,7 @@ def build_collection(
     make_current: bool = True,
     index_timeout_s: float = 3_600.0,
     seed: int = 0,
+    lexicon: Sequence[str] = (),
 ) -> str:
     """A new version (collection ``NAME_vNNNN``) of ``corpus`` (:class:`index.build.
     Corpus`) behind the alias; returns its name. The alias moves to it only when its
@@ -1106,7 +1150,9 @@ def build_collection(
 
     ``texts``: a text corpus (a Corpus whose items' ``title`` is the text) for image-to-
     text search, written beside it as ``NAME_vNNNN_texts`` with an index chosen by its
-    size, and switched, released and dropped with it.
+    size, and switched, released and dropped with it. Items with titles also get their
+    words (``lexicon``: words to keep whole) and Milvus's BM25 function over them, for
+    :meth:`MilvusIndex.search_words`.
 
     Raises:
         ConfigError: an index the server cannot build, bad parameters.
@@ -1152,6 +1198,8 @@ def build_collection(
             server=server.describe(),
             relevance=calibration.to_dict(),
             vocabulary=_vocabulary(items),
+            lexical=any(isinstance((i or {}).get(TITLE), str) for i in items or ()),
+            lexicon=tuple(dict.fromkeys(w.strip() for w in lexicon if w.strip())),
         )
         try:
             manifest = _build_one(
@@ -1172,6 +1220,7 @@ def build_collection(
                     search={},
                     recall={},
                     timings={},
+                    lexical=False,
                 )
                 text_name = f"{name}{TEXTS_SUFFIX}"
                 _build_one(
@@ -1225,7 +1274,7 @@ def _build_one(
     )
     for reason in choice.reasons:
         say(f"  - {reason}", file=sys.stderr)
-    schema = _schema(connection, dim, manifest.fields, manifest.partition_key)
+    schema = _schema(connection, dim, manifest.fields, manifest.partition_key, manifest.lexical)
     connection.call("create_collection", name, schema=schema)
     _write_manifest(connection, name, manifest.replace(recall={"building": True}))
     timings = _fill(connection, name, vectors, ids, items, manifest, progress)
@@ -1234,6 +1283,8 @@ def _build_one(
     index_params.add_index(
         VECTOR, index_type=choice.index_type, metric_type="IP", params=dict(choice.params)
     )
+    if manifest.lexical:
+        index_params.add_index(WORDS_BM25, index_type="SPARSE_INVERTED_INDEX", metric_type="BM25")
     # A cluster builds in the background (hence the wait below); milvus-lite builds
     # within the call, which takes minutes for a few hundred thousand.
     connection.call("create_index", name, index_params, timeout=timeout_s)
@@ -1458,7 +1509,7 @@ class MilvusIndex:
 
     @property
     def has_lexical(self) -> bool:
-        return False
+        return self.manifest.lexical
 
     def search_words(
         self,
@@ -1469,44 +1520,93 @@ class MilvusIndex:
         with_metadata: bool = False,
         exclude: Mapping[str, Any] | None = None,
     ) -> SearchResult:
-        """Not on Milvus yet (its BM25 function with the jieba analyzer is the plan)."""
-        raise DataError(
-            f"{self.location}: lexical search is not available on Milvus yet; serve a FAISS "
-            "index directory for it"
-        )
+        """BM25 over the titles' words by Milvus's BM25 function (the query cut as the
+        titles were: :func:`words_text`); filters and exclusions as :meth:`search`.
 
-    def fetch_vectors(self, ids: Sequence[str]) -> npt.NDArray[np.float32]:
-        out = np.full((len(ids), self.dim), np.nan, dtype=np.float32)
-        where = {item: n for n, item in enumerate(ids)}
-        wanted = list(where)
-        for start in range(0, len(wanted), 1_000):
-            chunk = wanted[start : start + 1_000]
-            got = self.connection.call(
-                "get", self._collection, ids=chunk, output_fields=[ID, VECTOR]
+        Raises:
+            DataError: a bad ``k`` or filter, or a version built without titles.
+        """
+        if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= MAX_K:
+            raise DataError(f"k must be an integer in [1, {MAX_K}], got {k!r}")
+        collection, manifest = self._collection, self.manifest
+        if not manifest.lexical:
+            raise DataError(
+                f"{self.location}: this index has no lexical index (its items had no titles "
+                "when it was built); search by vector, or build it from a catalog with titles"
             )
-            for row in got:
-                out[where[str(row[ID])]] = np.asarray(row[VECTOR], dtype=np.float32)
-        return out
+        scores = np.full((1, k), np.nan, dtype=np.float32)
+        rows = np.full((1, k), -1, dtype=np.int64)
+        ids: list[list[str]] = [[]]
+        items: list[list[dict[str, Any]]] = [[]]
+        expression = None if filter is None else filter_expression(manifest.fields, filter)
+        words = words_text(query, manifest.lexicon)
+        if (filter is not None and expression is None) or not words:
+            return SearchResult(scores, rows, ids, items if with_metadata else None)
+        if exclude is not None:
+            expression = _and_not(expression, manifest.fields, exclude)
+        kwargs: dict[str, Any] = {
+            "data": [words],
+            "anns_field": WORDS_BM25,
+            "limit": k,
+            "search_params": {"metric_type": "BM25"},
+            "output_fields": self._output_fields(manifest) if with_metadata else [],
+        }
+        if expression:
+            kwargs["filter"] = expression
+        hits = self.connection.call("search", collection, **kwargs)
+        for j, hit in enumerate(list(hits[0])[:k] if hits else []):
+            hit = dict(hit)
+            # BM25 is positive; milvus-lite answers it negated (a distance).
+            scores[0, j] = abs(float(hit["distance"]))
+            item_id = str(hit["id"])
+            ids[0].append(item_id)
+            if with_metadata:
+                items[0].append(_record(hit.get("entity") or {}, manifest, item_id))
+        return SearchResult(scores, rows, ids, items if with_metadata else None)
 
-    def fetch_items(self, ids: Sequence[str]) -> list[dict[str, Any] | None]:
-        manifest = self.manifest
+    def _get(
+        self, ids: Sequence[str], fields: Sequence[str], collection: str | None = None
+    ) -> dict[str, dict[str, Any]]:
+        """``{id: row}`` of the ``ids`` the collection (the current one) holds, with
+        ``fields``."""
         found: dict[str, dict[str, Any]] = {}
         wanted = list(dict.fromkeys(ids))
         for start in range(0, len(wanted), 1_000):
             got = self.connection.call(
                 "get",
-                self._collection,
+                collection or self._collection,
                 ids=wanted[start : start + 1_000],
-                output_fields=[ID, *self._output_fields(manifest)],
+                output_fields=[ID, *fields],
             )
-            for row in got:
-                item_id = str(row[ID])
-                found[item_id] = _record(row, manifest, item_id)
-        return [found.get(i) for i in ids]
+            found.update((str(row[ID]), dict(row)) for row in got)
+        return found
+
+    def fetch_vectors(self, ids: Sequence[str]) -> npt.NDArray[np.float32]:
+        out = np.full((len(ids), self.dim), np.nan, dtype=np.float32)
+        found = self._get(ids, [VECTOR])
+        for n, item in enumerate(ids):
+            if item in found:
+                out[n] = np.asarray(found[item][VECTOR], dtype=np.float32)
+        return out
+
+    def fetch_items(self, ids: Sequence[str]) -> list[dict[str, Any] | None]:
+        manifest = self.manifest
+        found = self._get(ids, self._output_fields(manifest))
+        return [_record(found[i], manifest, i) if i in found else None for i in ids]
 
     def word_coverage(self, text: str, ids: Sequence[str]) -> npt.NDArray[np.float64]:
-        """Zeros: no lexical index on Milvus yet."""
-        return np.zeros(len(ids), dtype=np.float64)
+        """The share of ``text``'s words each item's title holds, the words weighed
+        equally (Milvus does not give its document frequencies)."""
+        out = np.zeros(len(ids), dtype=np.float64)
+        manifest = self.manifest
+        wanted = set(words_text(text, manifest.lexicon).split())
+        if not manifest.lexical or not wanted or not ids:
+            return out
+        found = self._get(ids, [WORDS])
+        for n, item in enumerate(ids):
+            held = set(str((found.get(item) or {}).get(WORDS) or "").split())
+            out[n] = len(wanted & held) / len(wanted)
+        return out
 
     @property
     def vocabulary(self) -> Mapping[str, tuple[str, ...]]:
@@ -1734,11 +1834,7 @@ class MilvusIndex:
         wanted = list(dict.fromkeys(str(i) for i in ids))
         with self._lock:
             collection, manifest, _ = self._read_current()
-            present: set[str] = set()
-            for start in range(0, len(wanted), 1_000):
-                chunk = wanted[start : start + 1_000]
-                got = self.connection.call("get", collection, ids=chunk, output_fields=[ID])
-                present.update(str(row[ID]) for row in got)
+            present = set(self._get(wanted, [], collection))
             missing = [i for i in wanted if i not in present]
             if missing and not missing_ok:
                 raise DataError(

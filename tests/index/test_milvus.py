@@ -417,6 +417,64 @@ def test_product_search_runs_on_milvus_as_on_faiss(
         faiss_dir.close()
 
 
+def test_lexical_and_hybrid_search_on_milvus(
+    server: LiteServer, data: tuple[Corpus, np.ndarray], tmp_path: Path
+) -> None:
+    """Milvus's BM25 function over the titles' words (cut as index.lexical cuts them, the
+    codes whole): a code finds its items, filters and exclusions hold, word coverage, and
+    the hybrid product search finds what a FAISS directory of the same items finds."""
+    from index.build import build_version
+    from index.hybrid import ProductQuery, product_search
+
+    corpus, queries = data
+    brands = ["安踏", "李宁", "回力"]
+    items = []
+    for i in range(300):
+        base = dict((corpus.items or [])[i])
+        brand = brands[(i // 3) % 3]  # every brand in every colour (colour = i % 3)
+        base["title"] = f"{brand} {base['colour']}色的鞋子 SB-{1000 + i // 2}"
+        base["brand"] = brand
+        items.append(base)
+    shop = Corpus(corpus.vectors[:300], corpus.ids[:300], items)
+    location = server.location("words")
+    index.build_index(location, shop, model=MODEL, lexicon=["回力"], progress=False)
+    milvus = index.load(location)
+    local = index.load(build_version(tmp_path / "faiss", shop, lexicon=["回力"], progress=False))
+    try:
+        assert milvus.has_lexical and milvus.manifest.lexicon == ("回力",)  # type: ignore[attr-defined]
+        got = milvus.search_words("SB-1007", 5, with_metadata=True)
+        assert sorted(got.ids[0]) == sorted([corpus.ids[14], corpus.ids[15]])
+        assert got.items is not None and all("SB-1007" in i["title"] for i in got.items[0])
+        assert float(got.scores[0, 0]) > 0 and np.isnan(got.scores[0, 2:]).all()
+        assert sorted(milvus.search_words("sb1007", 5).ids[0]) == sorted(got.ids[0])
+        # Filters and exclusions, as on the vector side.
+        red = milvus.search_words("回力", 300, filter={"colour": "红"}, with_metadata=True)
+        assert red.items is not None and red.items[0]
+        assert {(i["brand"], i["colour"]) for i in red.items[0]} == {("回力", "红")}
+        assert len(red.ids[0]) == len(
+            [x for x in items if x["brand"] == "回力" and x["colour"] == "红"]
+        )
+        not_red = milvus.search_words("回力", 300, exclude={"colour": "红"}, with_metadata=True)
+        assert not_red.items is not None and all(i["colour"] != "红" for i in not_red.items[0])
+        assert milvus.search_words("火箭", 5).ids == [[]]
+        coverage = milvus.word_coverage("回力 SB-1007", [corpus.ids[i] for i in (15, 14, 0)])
+        assert list(coverage) == [1.0, 0.5, 0.0]  # 回力 SB-1007, 李宁 SB-1007, 安踏 SB-1000
+        # The hybrid product search: the code's items first, on Milvus as on FAISS.
+        query = ProductQuery(k=4, mode="hybrid", vector=queries[0], text="SB-1007")
+        on_milvus, on_faiss = product_search(milvus, query), product_search(local, query)
+        assert [h.id for h in on_milvus.hits] == [h.id for h in on_faiss.hits]
+        code = {corpus.ids[14], corpus.ids[15]}
+        assert code <= {h.id for h in on_milvus.hits}
+        assert all(h.relevance == 1.0 for h in on_milvus.hits if h.id in code)  # every word
+        # An upsert brings its words along: the next word search finds the new title.
+        changed = dict(items[0], title="回力 新款跑鞋 ZX-9")
+        milvus.add(Corpus(corpus.vectors[:1], corpus.ids[:1], [changed]), model=MODEL)
+        assert milvus.search_words("ZX-9", 3).ids == [[corpus.ids[0]]]
+    finally:
+        milvus.close()
+        local.close()
+
+
 def test_a_partition_key_serves_many_shops(
     server: LiteServer, data: tuple[Corpus, np.ndarray]
 ) -> None:
