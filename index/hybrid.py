@@ -235,8 +235,8 @@ def _read_metadata(index: IndexBackend, candidates: Sequence[_Candidate]) -> Non
         return
     records = index.fetch_items([c.id for c in missing])
     for candidate, record in zip(missing, records, strict=True):
-        record = record or {}
-        candidate.metadata = {k: v for k, v in record.items() if k != "id"}
+        if record is not None:
+            candidate.metadata = {k: v for k, v in record.items() if k != "id"}
 
 
 def _vectors_for(
@@ -404,6 +404,8 @@ def product_search(index: IndexBackend, query: ProductQuery) -> Answer:
     kept.sort(key=lambda c: (-c.fused, c.vector_rank or MAX_K + 1, c.lexical_rank or 0))
     groups = _group(query, kept)[: query.k]
     _read_metadata(index, [m for _, members in groups for m in members])
+    # An item removed between the search and the read (Milvus changes in place) is gone.
+    groups = [(lead, members) for lead, members in groups if lead.metadata is not None]
     hits = []
     for lead, members in groups:
         metadata = lead.metadata or {}
