@@ -32,6 +32,7 @@ from tqdm import tqdm
 from index.evaluate import bitmap_selector, drop_ids, exact_qps, exact_search, tune
 from index.factory import IndexChoice, choose_index
 from index.lexical import without_codes, write_lexical
+from index.relevance import MAX_ITEMS as CALIBRATION_ITEMS
 from index.relevance import Calibration, fit_null, fit_titles
 from index.store import IDS, ITEMS, create_store, write_ids
 from index.versions import (
@@ -77,17 +78,27 @@ def item_titles(items: Sequence[Mapping[str, Any]] | None, count: int) -> list[s
 
 
 def title_vectors(
-    bundle: Any, items: Sequence[Mapping[str, Any]] | None, *, progress: bool = True
+    bundle: Any,
+    items: Sequence[Mapping[str, Any]] | None,
+    *,
+    progress: bool = True,
+    limit: int = CALIBRATION_ITEMS,
+    seed: int = 0,
 ) -> npt.NDArray[np.float32] | None:
-    """The items' titles embedded by ``bundle`` (each distinct title once, its model codes
-    taken out: no picture shows one, and the lexical side matches them), zero rows for
-    items without one; None when no item has a title."""
+    """The titles of up to ``limit`` items drawn at random (the calibration's sample: a
+    catalog of millions needs no more) embedded by ``bundle``, each distinct title once
+    with its model codes taken out (no picture shows one, and the lexical side matches
+    them); zero rows for the other items; None when no item has a title."""
     from index.embed import embed_texts
 
     titles = [
         None if t is None else without_codes(t) or None
         for t in item_titles(items, len(items or ()))
     ]
+    titled = [n for n, t in enumerate(titles) if t]
+    if len(titled) > limit:
+        keep = set(np.random.default_rng(seed).choice(titled, size=limit, replace=False).tolist())
+        titles = [t if n in keep else None for n, t in enumerate(titles)]
     distinct = list(dict.fromkeys(t for t in titles if t))
     if not distinct:
         return None

@@ -177,15 +177,15 @@ def _pairs(
     title_ids: npt.NDArray[np.int64],
     items: npt.NDArray[np.int64],
     pool: npt.NDArray[np.int64],
+    near_pool: npt.NDArray[np.int64],
     rng: np.random.Generator,
 ) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]:
     """Cosines and labels: each item's title with its picture; with the pictures of
     ``NEGATIVES_PER_ITEM`` titled items (``pool``) of other titles drawn at random; and
     with ``NEGATIVES_PER_ITEM`` drawn among the ``HARD_NEAREST`` of them nearest to the
-    title (in a sample of the pool): the items a search meets first."""
+    title in ``near_pool`` (a sample of the pool): the items a search meets first."""
     scores: list[float] = []
     labels: list[float] = []
-    near_pool = rng.choice(pool, size=min(len(pool), HARD_POOL), replace=False)
     sims = texts[items] @ images[near_pool].T  # [items, near pool]
     for row, i in enumerate(items):
         scores.append(float(images[i] @ texts[i]))
@@ -223,8 +223,9 @@ def fit_titles(
     seed: int = 0,
 ) -> Calibration:
     """The Platt calibration of a catalog (module documentation): ``images[i]`` and
-    ``titles[i]`` are item i's picture and title embeddings (unit rows), ``title_text[i]``
-    its title (None: the item takes no part).
+    ``titles[i]`` are item i's picture and title embeddings (unit rows; a zero row: not
+    embedded, the item is no positive but its picture may be a negative),
+    ``title_text[i]`` its title (None: the item takes no part).
 
     Raises:
         DataError: fewer than 20 titled items, or titles that are all the same.
@@ -234,17 +235,22 @@ def fit_titles(
     if img.shape != txt.shape or len(title_text) != len(img):
         raise DataError("calibration needs one title embedding per item")
     titled = np.asarray([i for i, t in enumerate(title_text) if t], dtype=np.int64)
+    encoded = titled[np.any(txt[titled] != 0.0, axis=1)] if len(titled) else titled
     if len(titled) < 20:
         raise DataError(f"{len(titled)} items have titles; calibration needs at least 20")
     names: dict[str, int] = {}
     title_ids = np.asarray([names.setdefault(t or "", len(names)) for t in title_text])
     if len({int(title_ids[i]) for i in titled}) < 2:
         raise DataError("every item has the same title: nothing to tell relevant items apart")
+    if len(encoded) < 20:
+        raise DataError(f"{len(encoded)} items have embedded titles; calibration needs 20")
     rng = np.random.default_rng(seed)
-    sample = rng.permutation(titled)[:MAX_ITEMS]
+    sample = rng.permutation(encoded)[:MAX_ITEMS]
+    near_pool = rng.choice(titled, size=min(len(titled), HARD_POOL), replace=False)
     # Each item's pairs are drawn once; the folds split the items, not the pairs.
     pairs = [
-        _pairs(img, txt, title_ids, sample[n : n + 1], titled, rng) for n in range(len(sample))
+        _pairs(img, txt, title_ids, sample[n : n + 1], titled, near_pool, rng)
+        for n in range(len(sample))
     ]
     folds = np.arange(len(sample)) % FOLDS
     held_scores: list[npt.NDArray[np.float64]] = []

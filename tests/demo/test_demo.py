@@ -160,7 +160,9 @@ def test_eval_search_meets_the_goals_on_the_demo(demo: DemoResult, tmp_path: Pat
     common += ["--queries", str(judged), "-q"]
     assert main([*common, "--out", str(tmp_path / "on")]) == 0
     assert main([*common, "--no-understand", "--out", str(tmp_path / "off")]) == 0
-    on = json.loads((tmp_path / "on" / "search.json").read_text(encoding="utf-8"))["metrics"]
+    report = json.loads((tmp_path / "on" / "search.json").read_text(encoding="utf-8"))
+    assert report["calibration"]["method"] == "platt" and report["calibration"]["ece"] <= 0.05
+    on = report["metrics"]
     off = json.loads((tmp_path / "off" / "search.json").read_text(encoding="utf-8"))["metrics"]
     # Words matter for codes and brands: hybrid beats vector alone by 0.3 nDCG@10.
     for kind in ("code", "brand"):

@@ -235,3 +235,14 @@ def test_the_cli_builds_with_a_lexicon(tmp_path: Path, bundle_dir: Path) -> None
     assert main([*args, "--lexicon", str(tmp_path / "brands.txt"), "--out", str(root)]) == 0
     assert version_lexicon(root / "v0001") == ("蓝鲸鸟",)
     assert load(root).search_words("SB-1024", 3).ids == [["sku-3"]]
+
+
+def test_titles_are_embedded_for_a_sample_only(bundle_dir: Path) -> None:
+    from index.build import title_vectors
+    from runtime.bundle import load_bundle
+
+    items = [{"title": f"红色的杯子 SB-{i}"} for i in range(30)] + [{"colour": "红色"}]
+    vectors = title_vectors(load_bundle(bundle_dir), items, progress=False, limit=25)
+    assert vectors is not None and vectors.shape[0] == 31
+    assert int(np.any(vectors != 0, axis=1).sum()) == 25  # the sample; no title: zero
+    assert not np.any(vectors[30]) and title_vectors(load_bundle(bundle_dir), [{}]) is None
