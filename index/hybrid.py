@@ -24,8 +24,9 @@ pipeline (:func:`product_search`) does the rest, in this order:
    ``group_size`` of its items listed; items without the field are groups of their own;
 7. the best ``k``; ``explain`` returns each step's numbers per result.
 
-Each step is a function of its own; the scores it reads and writes are named in
-:class:`Hit`.
+Each step is a function of its own; the scores it reads and writes are the fields of
+``_Candidate``. The items' records (metadata) are read once, after the searches: for
+every candidate when grouping or boosts need them, else for the results alone.
 """
 
 from __future__ import annotations
