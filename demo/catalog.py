@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -192,10 +192,10 @@ def draw_item(colour: str, kind: str, rng: np.random.Generator) -> Image.Image:
 
 @dataclass(frozen=True)
 class Catalog:
-    """What :func:`write_catalog` wrote."""
+    """What :func:`write_catalog` or :func:`write_shop` wrote."""
 
     jsonl: Path
-    items: list[dict[str, str]]
+    items: list[dict[str, Any]]
 
 
 def write_catalog(
@@ -238,11 +238,21 @@ def write_catalog(
                         "kind": kind,
                     }
                 )
-    order = rng.permutation(len(items))  # shuffled, so no reader sees one title in a row
-    lines = "".join(json.dumps(items[i], ensure_ascii=False) + "\n" for i in order)
-    jsonl = out / f"{name}.jsonl"
-    write_atomically(jsonl, lines.encode("utf-8"))
-    return Catalog(jsonl, [items[i] for i in order])
+    return _write_shuffled(out / f"{name}.jsonl", items, rng)
+
+
+def _write_jsonl(path: Path, lines: Sequence[Mapping[str, Any]]) -> Path:
+    text = "".join(json.dumps(line, ensure_ascii=False) + "\n" for line in lines)
+    write_atomically(path, text.encode("utf-8"))
+    return path
+
+
+def _write_shuffled(
+    path: Path, items: Sequence[dict[str, Any]], rng: np.random.Generator
+) -> Catalog:
+    """``items`` in a random order (so no reader sees one title in a row) as jsonl."""
+    shuffled = [items[i] for i in rng.permutation(len(items))]
+    return Catalog(_write_jsonl(path, shuffled), shuffled)
 
 
 #: Brands of the shop, with the letters their model codes start with.
@@ -317,11 +327,7 @@ def write_shop(
                             "image_url": f"/media/images/{file}",
                         }
                     )
-    order = rng.permutation(len(items))
-    lines = "".join(json.dumps(items[i], ensure_ascii=False) + "\n" for i in order)
-    jsonl = out / "items.jsonl"
-    write_atomically(jsonl, lines.encode("utf-8"))
-    return Catalog(jsonl, [items[i] for i in order])
+    return _write_shuffled(out / "items.jsonl", items, rng)
 
 
 def judged_queries(items: Sequence[dict[str, Any]], *, seed: int = 0) -> list[dict[str, Any]]:
@@ -369,7 +375,4 @@ def judged_queries(items: Sequence[dict[str, Any]], *, seed: int = 0) -> list[di
 
 def write_judged(path: str | os.PathLike[str], queries: Sequence[dict[str, Any]]) -> Path:
     """The judged queries as jsonl (``cnclip eval search --queries``)."""
-    lines = "".join(json.dumps(q, ensure_ascii=False) + "\n" for q in queries)
-    target = Path(path)
-    write_atomically(target, lines.encode("utf-8"))
-    return target
+    return _write_jsonl(Path(path), queries)

@@ -127,18 +127,18 @@ def _run(
     start = time.perf_counter()
     plan = plan_text(index, judged.query, understand=understand)
     vector = negated = None
-    if mode != "lexical" or plan.negated:
+    if mode != "lexical":  # the lexical mode embeds nothing
         texts = [plan.text, *plan.negated]
         encoded = np.asarray(bundle.encode_texts(texts), dtype=np.float32)
         vector, negated = encoded[0], (encoded[1:] if plan.negated else None)
     query = ProductQuery(
         k=K,
         mode=mode,
-        vector=vector if mode != "lexical" else None,
+        vector=vector,
         text=plan.text,
         filter=plan.filter,
         exclude=plan.exclude,
-        negated=negated if mode != "lexical" else None,
+        negated=negated,
         min_relevance=min_relevance,
     )
     answer = product_search(index, query)

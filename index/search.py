@@ -256,12 +256,10 @@ class CatalogIndex:
     def vectors_of(self, ids: Sequence[str]) -> npt.NDArray[np.float32]:
         """The stored vectors of live items ``ids`` (``[n, d]``; NaN rows for ids that
         are not there)."""
-        rows = self._rows_of(ids)
         out = np.full((len(ids), self.dim), np.nan, dtype=np.float32)
-        found = [(n, rows[i]) for n, i in enumerate(ids) if i in rows]
-        if found:
-            where, which = zip(*found, strict=True)
-            out[list(where)] = self.vectors()[list(which)]
+        where, rows = self._positions(ids)
+        if rows:
+            out[where] = self.vectors()[rows]
         return out
 
     def items_of(self, ids: Sequence[str]) -> list[dict[str, Any] | None]:
@@ -278,12 +276,16 @@ class CatalogIndex:
         out = np.zeros(len(ids), dtype=np.float64)
         if lexical is None or not ids:
             return out
+        where, rows = self._positions(ids)
+        if rows:
+            out[where] = lexical.coverage(query, rows)
+        return out
+
+    def _positions(self, ids: Sequence[str]) -> tuple[list[int], list[int]]:
+        """For the live ones of ``ids``: their positions in ``ids`` and their rows."""
         rows = self._rows_of(ids)
         found = [(n, rows[i]) for n, i in enumerate(ids) if i in rows]
-        if found:
-            where, which = zip(*found, strict=True)
-            out[list(where)] = lexical.coverage(query, list(which))
-        return out
+        return [n for n, _ in found], [r for _, r in found]
 
     def _rows_of(self, ids: Sequence[str]) -> dict[str, int]:
         """The rows of live ``ids``: those a search returned lately from memory, the
@@ -301,11 +303,14 @@ class CatalogIndex:
 
     def vocabulary(self) -> dict[str, tuple[str, ...]]:
         """The attribute values a query may name (:meth:`index.store.ItemStore.
-        vocabulary`), read once."""
-        with self._lock:
-            if self._vocabulary is None:
-                self._vocabulary = self.store.vocabulary(VOCABULARY_MAX)
-            return self._vocabulary
+        vocabulary`), read once (outside the lock: a large catalog takes a while, and
+        searches need the lock meanwhile)."""
+        found = self._vocabulary
+        if found is None:
+            found = self.store.vocabulary(VOCABULARY_MAX)
+            with self._lock:
+                self._vocabulary = self._vocabulary or found
+        return found
 
     def _exact(
         self, q: npt.NDArray[np.float32], k: int, allowed: npt.NDArray[np.int64]

@@ -50,6 +50,11 @@ class Served:
 
 
 def snapshot(index: IndexBackend) -> Served:
+    """What the version serves, read on a worker thread at load and at each switch;
+    the vocabulary and calibration are read here too, so that no request pays for the
+    first read (a large catalog's vocabulary is a scan of its attributes)."""
+    index.vocabulary  # noqa: B018 (read once here, kept by the index)
+    index.calibration  # noqa: B018
     return Served(
         index=index,
         version=index.version,

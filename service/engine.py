@@ -335,10 +335,10 @@ class Engine:
                 )
         truncated = False
         vector: Rows | None = None
-        if text is not None and (mode != "lexical" or plan.negated):
+        if text is not None and mode != "lexical":  # the lexical mode embeds nothing
             row, truncated = await self.text_vector(plan.text, deadline)
             vector = weights[0] * row
-        if image is not None:
+        if image is not None and mode != "lexical":
             vector = weights[1] * image if vector is None else vector + weights[1] * image
         if vector is not None:
             norm = float(np.linalg.norm(vector))
@@ -358,11 +358,11 @@ class Engine:
         query = ProductQuery(
             k=request.top_k,
             mode=mode,
-            vector=vector if mode != "lexical" else None,
+            vector=vector,
             text=plan.text if text is not None else None,
             filter=plan.filter,
             exclude=plan.exclude,
-            negated=negated if mode != "lexical" else None,
+            negated=negated,
             fusion=options.fusion if options is not None else "rrf",
             alpha=options.alpha if options is not None else 0.5,
             min_relevance=default_relevance if minimum is None else minimum,
